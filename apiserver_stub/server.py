@@ -24,7 +24,7 @@ from . import discovery, openapi, tables
 from .allocators import ServiceAllocations
 from .controllers import Controllers
 from .registry import Registry
-from .resources import NAMESPACES, SERVICES, Resource, lookup
+from .resources import ENDPOINTS, ENDPOINTSLICES, NAMESPACES, SERVICES, Resource, lookup
 from .selectors import FieldSelector, LabelSelector, parse_fields, parse_labels
 from .status import ApiError, bad_request, expired, method_not_allowed, not_found
 from .store import Entry, Store
@@ -185,6 +185,30 @@ class ApiServer:
                 },
             },
         )
+        # the apiserver publishes its own address behind the kubernetes service, as upstream
+        ip = self.cfg.bind if self.cfg.bind not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        port = [{"name": "https", "port": self.cfg.port, "protocol": "TCP"}]
+        ep = self.store.get(ENDPOINTS, "default", "kubernetes")
+        subsets = [{"addresses": [{"ip": ip}], "ports": port}]
+        if ep is None:
+            self.registry.create(ENDPOINTS, {"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets}, "default")
+        elif ep.obj.get("subsets") != subsets:
+            obj = ep.copy()
+            obj["subsets"] = subsets
+            self.registry.update(ENDPOINTS, "default", "kubernetes", obj)
+        body = {
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": self.cfg.port, "protocol": "TCP"}],
+        }
+        sl = self.store.get(ENDPOINTSLICES, "default", "kubernetes")
+        if sl is None:
+            self.registry.create(ENDPOINTSLICES, body, "default")
+        elif sl.obj.get("endpoints") != body["endpoints"] or sl.obj.get("ports") != body["ports"]:
+            obj = sl.copy()
+            obj["endpoints"], obj["ports"] = body["endpoints"], body["ports"]
+            self.registry.update(ENDPOINTSLICES, "default", "kubernetes", obj)
 
     # ---- app -------------------------------------------------------------------------
 
