@@ -66,6 +66,8 @@ class TbNode:
 
 
 class Testbed:
+    __test__ = False  # not a pytest class
+
     def __init__(
         self,
         prefix: str = "ovt",
@@ -172,8 +174,8 @@ class Testbed:
             self.register_node(name, pod_cidr)
         return node
 
-    def node_object(self, name: str, pod_cidr: str | None = None) -> dict:
-        node = self.nodes[name]
+    def node_object(self, name: str, pod_cidr: str | None = None, ip: str | None = None) -> dict:
+        ip = ip or str(self.nodes[name].ip)
         obj: dict = {
             "apiVersion": "v1",
             "kind": "Node",
@@ -181,7 +183,7 @@ class Testbed:
             "spec": {},
             "status": {
                 "addresses": [
-                    {"type": "InternalIP", "address": str(node.ip)},
+                    {"type": "InternalIP", "address": ip},
                     {"type": "Hostname", "address": name},
                 ],
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
