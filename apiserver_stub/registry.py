@@ -14,7 +14,7 @@ import random
 import uuid
 from typing import Any
 
-from . import defaults, validation
+from . import defaults, schema, validation
 from .allocators import ServiceAllocations
 from .patch import apply_patch
 from .resources import NAMESPACES, NODES, PODS, RESOURCES, SERVICES, Resource
@@ -110,10 +110,35 @@ class Registry:
 
     # ---- create ------------------------------------------------------------------------
 
-    def create(self, res: Resource, obj: dict[str, Any], ns: str, dry_run: bool = False) -> Entry:
+    def check_fields(
+        self, res: Resource, obj: dict[str, Any], fv: str, warnings: list[str] | None
+    ) -> None:
+        """fieldValidation: Strict rejects unknown fields; Warn/Ignore drop them (Warn says so)."""
+        unknown = schema.unknown_fields(res.kind, obj)
+        if not unknown:
+            return
+        if fv == "Strict":
+            raise bad_request(
+                f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: strict decoding error: '
+                + ", ".join(f'unknown field "{u}"' for u in unknown)
+            )
+        if fv != "Ignore" and warnings is not None:
+            warnings.extend(f'unknown field "{u}"' for u in unknown)
+        schema.prune(res.kind, obj)
+
+    def create(
+        self,
+        res: Resource,
+        obj: dict[str, Any],
+        ns: str,
+        dry_run: bool = False,
+        fv: str = "Warn",
+        warnings: list[str] | None = None,
+    ) -> Entry:
         if not isinstance(obj, dict):
             raise bad_request("the body of the request must be a JSON or YAML object")
         self._check_type(res, obj)
+        self.check_fields(res, obj, fv, warnings)
         self._check_namespace(res, obj, ns)
         md = _meta(obj)
         if md.get("resourceVersion"):
@@ -176,11 +201,14 @@ class Registry:
         obj: dict[str, Any],
         sub: str | None = None,
         dry_run: bool = False,
+        fv: str = "Warn",
+        warnings: list[str] | None = None,
     ) -> tuple[Entry, bool]:
         """PUT; returns (entry, created)."""
         if not isinstance(obj, dict):
             raise bad_request("the body of the request must be a JSON or YAML object")
         self._check_type(res, obj)
+        self.check_fields(res, obj, fv, warnings)
         self._check_namespace(res, obj, ns)
         md = _meta(obj)
         if md.get("name") and md["name"] != name:
@@ -192,7 +220,7 @@ class Registry:
         if old is None:
             if res.key in CREATE_ON_UPDATE and sub is None:
                 md.pop("resourceVersion", None)
-                return self.create(res, obj, ns, dry_run), True
+                return self.create(res, obj, ns, dry_run, fv, warnings), True
             raise not_found(res.plural, res.group, name)
         rv = md.get("resourceVersion")
         if rv and rv != str(old.rv):
@@ -208,12 +236,15 @@ class Registry:
         body: bytes,
         sub: str | None = None,
         dry_run: bool = False,
+        fv: str = "Warn",
+        warnings: list[str] | None = None,
     ) -> Entry:
         old = self.get(res, ns, name)
         current = old.copy()
         patched = apply_patch(res, current, content_type, body)
         if not isinstance(patched, dict):
             raise bad_request("the patch must produce an object")
+        self.check_fields(res, patched, fv, warnings)
         md = _meta(patched)
         if md.get("name", name) != name:
             raise bad_request(

@@ -26,6 +26,7 @@ from .controllers import Controllers
 from .registry import Registry
 from .resources import ENDPOINTS, ENDPOINTSLICES, NAMESPACES, SERVICES, Resource, lookup
 from .selectors import FieldSelector, LabelSelector, parse_fields, parse_labels
+from .server_info import VERSION
 from .status import ApiError, bad_request, expired, method_not_allowed, not_found
 from .store import Entry, Store
 from .watch import WatchStream, error_line, serve
@@ -33,17 +34,6 @@ from .watch import WatchStream, error_line, serve
 log = logging.getLogger("apiserver_stub")
 
 MAX_BODY = 3 * 1024 * 1024
-VERSION = {
-    "major": "1",
-    "minor": "32",
-    "gitVersion": "v1.32.0-kube-netlab",
-    "gitCommit": "0000000000000000000000000000000000000000",
-    "gitTreeState": "clean",
-    "buildDate": "2025-01-01T00:00:00Z",
-    "goVersion": "go1.23.0",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
 
 
 @dataclass(slots=True)
@@ -191,13 +181,28 @@ class ApiServer:
         ep = self.store.get(ENDPOINTS, "default", "kubernetes")
         subsets = [{"addresses": [{"ip": ip}], "ports": port}]
         if ep is None:
-            self.registry.create(ENDPOINTS, {"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets}, "default")
+            self.registry.create(
+                ENDPOINTS,
+                {
+                    "metadata": {
+                        "name": "kubernetes",
+                        "namespace": "default",
+                        "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"},
+                    },
+                    "subsets": subsets,
+                },
+                "default",
+            )
         elif ep.obj.get("subsets") != subsets:
             obj = ep.copy()
             obj["subsets"] = subsets
             self.registry.update(ENDPOINTS, "default", "kubernetes", obj)
         body = {
-            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "kubernetes"},
+            },
             "addressType": "IPv4",
             "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
             "ports": [{"name": "https", "port": self.cfg.port, "protocol": "TCP"}],
@@ -363,6 +368,9 @@ class ApiServer:
         m = request.method
         q = request.query
         dry_run = q.get("dryRun") == "All"
+        fv = q.get("fieldValidation") or "Warn"
+        if fv not in ("Strict", "Warn", "Ignore"):
+            raise bad_request(f"fieldValidation must be one of Strict, Warn, Ignore, not {fv!r}")
         if t.sub is not None and t.sub not in t.res.subresources:
             raise _path_not_found()
         if t.name is None:
@@ -377,9 +385,10 @@ class ApiServer:
                     raise method_not_allowed()
                 obj = await _body(request)
                 fmt, tv = _accepts(request)
-                entry = self.registry.create(t.res, obj, t.ns, dry_run)
+                warnings: list[str] = []
+                entry = self.registry.create(t.res, obj, t.ns, dry_run, fv, warnings)
                 await self.store.sync()
-                return self._object(entry, fmt, tv, request, status=201)
+                return _warn(self._object(entry, fmt, tv, request, status=201), warnings)
             if m == "DELETE":
                 return await self.delete_collection(request, t)
             raise method_not_allowed()
@@ -415,17 +424,31 @@ class ApiServer:
             sub = "status" if t.sub == "status" else None
             if t.sub == "finalize":
                 sub = "finalize"
-            entry, created = self.registry.update(t.res, t.ns, t.name, obj, sub, dry_run)
+            warnings = []
+            entry, created = self.registry.update(
+                t.res, t.ns, t.name, obj, sub, dry_run, fv, warnings
+            )
             await self.store.sync()
-            return self._object(entry, fmt, tv, request, status=201 if created else 200)
+            return _warn(
+                self._object(entry, fmt, tv, request, status=201 if created else 200), warnings
+            )
         if m == "PATCH":
             ctype = request.content_type
             body = await _raw_body(request)
+            warnings = []
             entry = self.registry.patch(
-                t.res, t.ns, t.name, ctype, body, "status" if t.sub == "status" else None, dry_run
+                t.res,
+                t.ns,
+                t.name,
+                ctype,
+                body,
+                "status" if t.sub == "status" else None,
+                dry_run,
+                fv,
+                warnings,
             )
             await self.store.sync()
-            return self._object(entry, fmt, tv, request)
+            return _warn(self._object(entry, fmt, tv, request), warnings)
         if m == "DELETE":
             if t.sub is not None:
                 raise method_not_allowed()
@@ -636,6 +659,12 @@ def _yaml(obj: Any, status: int = 200) -> web.Response:
     return web.Response(
         text=yaml.safe_dump(obj, sort_keys=False), status=status, content_type="application/yaml"
     )
+
+
+def _warn(resp: web.Response, warnings: list[str]) -> web.Response:
+    for w in warnings:
+        resp.headers.add("Warning", "299 - " + json.dumps(w))
+    return resp
 
 
 def _status_response(e: ApiError) -> web.Response:

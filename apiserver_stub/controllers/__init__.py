@@ -32,13 +32,19 @@ def _pod_relevant(old: dict[str, Any] | None, new: dict[str, Any] | None) -> boo
     if old is None or new is None:
         return True
     om, nm = old["metadata"], new["metadata"]
-    if om.get("labels") != nm.get("labels") or om.get("deletionTimestamp") != nm.get("deletionTimestamp"):
+    if om.get("labels") != nm.get("labels") or om.get("deletionTimestamp") != nm.get(
+        "deletionTimestamp"
+    ):
         return True
     os_, ns_ = old.get("spec") or {}, new.get("spec") or {}
     if any(os_.get(f) != ns_.get(f) for f in _POD_SPEC_FIELDS):
         return True
     ost, nst = old.get("status") or {}, new.get("status") or {}
-    if (ost.get("podIP"), ost.get("podIPs"), ost.get("phase")) != (nst.get("podIP"), nst.get("podIPs"), nst.get("phase")):
+    if (ost.get("podIP"), ost.get("podIPs"), ost.get("phase")) != (
+        nst.get("podIP"),
+        nst.get("podIPs"),
+        nst.get("phase"),
+    ):
         return True
     ready = [c for c in ost.get("conditions") or [] if c.get("type") == "Ready"]
     nready = [c for c in nst.get("conditions") or [] if c.get("type") == "Ready"]
@@ -189,7 +195,9 @@ class Controllers:
                     try:
                         self.sync_service(*key)
                     except Exception:
-                        log.exception("endpoints of service %s/%s failed; will retry on next change", *key)
+                        log.exception(
+                            "endpoints of service %s/%s failed; will retry on next change", *key
+                        )
                 await asyncio.sleep(0)
 
     def _write(self, fn: Any, *args: Any) -> None:

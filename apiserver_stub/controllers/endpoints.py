@@ -22,7 +22,9 @@ def pod_ready(pod: dict[str, Any]) -> bool:
 
 def pod_ip(pod: dict[str, Any]) -> str | None:
     st = pod.get("status") or {}
-    return st.get("podIP") or next((p.get("ip") for p in st.get("podIPs") or [] if p.get("ip")), None)
+    return st.get("podIP") or next(
+        (p.get("ip") for p in st.get("podIPs") or [] if p.get("ip")), None
+    )
 
 
 def pod_finished(pod: dict[str, Any]) -> bool:
@@ -43,7 +45,9 @@ def resolve_port(pod: dict[str, Any], target: Any, protocol: str) -> int | None:
     return None
 
 
-def pod_ports(svc: dict[str, Any], pod: dict[str, Any]) -> tuple[tuple[str, int, str, str | None], ...]:
+def pod_ports(
+    svc: dict[str, Any], pod: dict[str, Any]
+) -> tuple[tuple[str, int, str, str | None], ...]:
     """(name, port, protocol, appProtocol) for every service port this pod serves."""
     out = []
     for sp in (svc.get("spec") or {}).get("ports") or []:
@@ -56,7 +60,12 @@ def pod_ports(svc: dict[str, Any], pod: dict[str, Any]) -> tuple[tuple[str, int,
 
 def target_ref(pod: dict[str, Any]) -> dict[str, Any]:
     md = pod["metadata"]
-    return {"kind": "Pod", "namespace": md.get("namespace", ""), "name": md["name"], "uid": md.get("uid", "")}
+    return {
+        "kind": "Pod",
+        "namespace": md.get("namespace", ""),
+        "name": md["name"],
+        "uid": md.get("uid", ""),
+    }
 
 
 def hostname_for(svc: dict[str, Any], pod: dict[str, Any]) -> str | None:
@@ -100,7 +109,11 @@ def desired_subsets(svc: dict[str, Any], pods: list[dict[str, Any]]) -> list[dic
                 s[key] = sorted(g[key], key=lambda a: (a["ip"], a["targetRef"]["name"]))
         if ports:
             s["ports"] = [
-                {k: v for k, v in (("name", n), ("port", p), ("protocol", pr), ("appProtocol", ap)) if v not in (None, "") or k == "port"}
+                {
+                    k: v
+                    for k, v in (("name", n), ("port", p), ("protocol", pr), ("appProtocol", ap))
+                    if v not in (None, "") or k == "port"
+                }
                 for n, p, pr, ap in ports
             ]
         subsets.append(s)

@@ -19,7 +19,9 @@ MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER = "endpointslice-controller.k8s.io"
 
 
-def desired_slices(svc: dict[str, Any], pods: list[dict[str, Any]]) -> list[tuple[tuple, dict[str, Any]]]:
+def desired_slices(
+    svc: dict[str, Any], pods: list[dict[str, Any]]
+) -> list[tuple[tuple, dict[str, Any]]]:
     """-> [(port-set key, slice body without name)], sorted; at least one (maybe empty)."""
     spec = svc.get("spec") or {}
     publish = bool(spec.get("publishNotReadyAddresses"))
@@ -61,7 +63,11 @@ def desired_slices(svc: dict[str, Any], pods: list[dict[str, Any]]) -> list[tupl
     for ports, eps in sorted(groups.items(), key=lambda kv: kv[0]):
         eps.sort(key=lambda e: (e["addresses"][0], e["targetRef"]["name"]))
         port_list = [
-            {k: v for k, v in (("name", n), ("protocol", pr), ("port", p), ("appProtocol", ap)) if v is not None}
+            {
+                k: v
+                for k, v in (("name", n), ("protocol", pr), ("port", p), ("appProtocol", ap))
+                if v is not None
+            }
             for n, p, pr, ap in ports
         ]
         for i in range(0, max(len(eps), 1), MAX_ENDPOINTS):

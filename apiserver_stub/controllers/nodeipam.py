@@ -22,7 +22,11 @@ class NodeIpam:
         cidr = (node.get("spec") or {}).get("podCIDR")
         if cidr:
             if not self.alloc.take(cidr) and self.alloc._index(cidr) is None:
-                log.warning("node %s has podCIDR %s outside the cluster CIDR", node["metadata"]["name"], cidr)
+                log.warning(
+                    "node %s has podCIDR %s outside the cluster CIDR",
+                    node["metadata"]["name"],
+                    cidr,
+                )
             return False
         return True
 
@@ -30,7 +34,11 @@ class NodeIpam:
         """A copy of ``node`` with a podCIDR, or None when the range is exhausted."""
         cidr = self.alloc.allocate()
         if cidr is None:
-            log.error("cluster CIDR %s exhausted; node %s gets no podCIDR", self.alloc.cidr, node["metadata"]["name"])
+            log.error(
+                "cluster CIDR %s exhausted; node %s gets no podCIDR",
+                self.alloc.cidr,
+                node["metadata"]["name"],
+            )
             return None
         spec = node.setdefault("spec", {})
         spec["podCIDR"] = cidr
@@ -38,6 +46,8 @@ class NodeIpam:
         return node
 
     def release(self, node: dict[str, Any]) -> None:
-        for cidr in (node.get("spec") or {}).get("podCIDRs") or [(node.get("spec") or {}).get("podCIDR")]:
+        for cidr in (node.get("spec") or {}).get("podCIDRs") or [
+            (node.get("spec") or {}).get("podCIDR")
+        ]:
             if cidr:
                 self.alloc.release(cidr)
