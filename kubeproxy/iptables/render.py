@@ -1,0 +1,555 @@
+"""The pure renderer of kube-proxy's iptables mode: two maps in, iptables-restore text out.
+
+``Renderer.render(services, endpoints, ctx)`` turns the service-port map and the endpoints
+map (both keyed by ``ServicePortName``, built by ``kubecommon.model``) plus the node's
+context into a ``Ruleset``: the rules of every KUBE- chain of the ``filter`` and ``nat``
+tables, laid out exactly as kube-proxy's ``syncProxyRules`` lays them out (same chain
+names, same hashes, same rule text and order inside a service). ``Ruleset.restore_input``
+assembles the text for ``iptables-restore --noflush``; ``render()`` is the one-shot form.
+
+No I/O here. A ``Renderer`` only memoises: each service port's share of the rules is cached
+keyed by (service, endpoints, context), so after a one-endpoint change only that service
+is rendered again and the ruleset is re-assembled by joining cached strings.
+
+Layout (nat): PREROUTING/OUTPUT -> KUBE-SERVICES -> per service port KUBE-SVC-<h> (cluster
+policy) or KUBE-SVL-<h> (local policy) -> KUBE-SEP-<h> (one per endpoint: hairpin mark,
+DNAT). NodePorts/external IPs go through KUBE-EXT-<h>. KUBE-NODEPORTS is the last rule of
+KUBE-SERVICES (``--dst-type LOCAL``). KUBE-MARK-MASQ sets 0x4000; KUBE-POSTROUTING
+masquerades marked packets. filter: KUBE-SERVICES / KUBE-EXTERNAL-SERVICES reject traffic
+to services without endpoints, KUBE-FORWARD accepts marked and established traffic,
+KUBE-NODEPORTS accepts health-check node ports.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
+
+# Top-level chains (constants: never spell a chain name twice).
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_POSTROUTING = "KUBE-POSTROUTING"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+KUBE_FORWARD = "KUBE-FORWARD"
+
+SVC_PREFIX = "KUBE-SVC-"  # cluster traffic policy: all usable endpoints
+SVL_PREFIX = "KUBE-SVL-"  # local traffic policy: this node's endpoints only
+EXT_PREFIX = "KUBE-EXT-"  # external destinations (NodePort, external IP, LB IP)
+FW_PREFIX = "KUBE-FW-"  # loadBalancerSourceRanges (not rendered, cleaned up)
+SEP_PREFIX = "KUBE-SEP-"  # one endpoint
+SERVICE_CHAIN_PREFIXES = (SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, FW_PREFIX, SEP_PREFIX)
+
+MASQ_MARK = "0x4000"  # bit 14, kube-proxy's default --iptables-masquerade-bit
+LARGE_CLUSTER_ENDPOINTS = 1000  # above this many endpoints, drop per-endpoint comments
+
+FILTER_CHAINS = (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS)
+NAT_CHAINS = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
+
+NODEPORTS_COMMENT = '"kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
+
+
+@dataclass(frozen=True, slots=True)
+class JumpRule:
+    """A rule in a built-in chain sending packets to one of ours (ensured, never flushed)."""
+
+    table: str
+    src: str
+    dst: str
+    comment: str
+    extra: tuple[str, ...] = ()
+
+    def args(self) -> list[str]:
+        """The rule as iptables arguments (after ``-t TABLE -C/-I/-D SRC``)."""
+        return [*self.extra, "-m", "comment", "--comment", self.comment, "-j", self.dst]
+
+    def save_line(self) -> str:
+        """How iptables-save prints it (to find it without running ``iptables -C``)."""
+        parts = [f"-A {self.src}", *self.extra, f'-m comment --comment "{self.comment}"']
+        return " ".join([*parts, f"-j {self.dst}"])
+
+
+_NEW = ("-m", "conntrack", "--ctstate", "NEW")
+JUMP_RULES: tuple[JumpRule, ...] = (
+    JumpRule("filter", "INPUT", KUBE_EXTERNAL_SERVICES, "kubernetes externally-visible service portals", _NEW),
+    JumpRule("filter", "FORWARD", KUBE_EXTERNAL_SERVICES, "kubernetes externally-visible service portals", _NEW),
+    JumpRule("filter", "INPUT", KUBE_NODEPORTS, "kubernetes health check service ports"),
+    JumpRule("filter", "FORWARD", KUBE_SERVICES, "kubernetes service portals", _NEW),
+    JumpRule("filter", "OUTPUT", KUBE_SERVICES, "kubernetes service portals", _NEW),
+    JumpRule("filter", "FORWARD", KUBE_FORWARD, "kubernetes forwarding rules"),
+    JumpRule("nat", "OUTPUT", KUBE_SERVICES, "kubernetes service portals"),
+    JumpRule("nat", "PREROUTING", KUBE_SERVICES, "kubernetes service portals"),
+    JumpRule("nat", "POSTROUTING", KUBE_POSTROUTING, "kubernetes postrouting rules"),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Chain names: kube-proxy's portProtoHash / servicePortEndpointChainName.
+# sha256 of "<ns>/<name>[:<port name>]" + lowercase protocol (+ "<ip>:<port>" for an
+# endpoint), base32 (standard alphabet, padded), first 16 characters.
+
+
+def _hash16(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest())[:16].decode()
+
+
+@lru_cache(maxsize=1 << 17)
+def port_proto_hash(service_port_name: str, protocol: str) -> str:
+    return _hash16(service_port_name + protocol)
+
+
+def service_chain(spn: ServicePortName) -> str:
+    return SVC_PREFIX + port_proto_hash(str(spn), spn.protocol.lower())
+
+
+def local_chain(spn: ServicePortName) -> str:
+    return SVL_PREFIX + port_proto_hash(str(spn), spn.protocol.lower())
+
+
+def external_chain(spn: ServicePortName) -> str:
+    return EXT_PREFIX + port_proto_hash(str(spn), spn.protocol.lower())
+
+
+@lru_cache(maxsize=1 << 18)
+def _sep(service_port_name: str, protocol: str, endpoint: str) -> str:
+    return SEP_PREFIX + _hash16(service_port_name + protocol + endpoint)
+
+
+def endpoint_chain(spn: ServicePortName, endpoint: str) -> str:
+    """KUBE-SEP-<hash> for one endpoint given as "ip:port"."""
+    return _sep(str(spn), spn.protocol.lower(), endpoint)
+
+
+def is_service_chain(name: str) -> bool:
+    return name.startswith(SERVICE_CHAIN_PREFIXES)
+
+
+_PROBABILITIES: list[str] = ["<bad value>"]
+
+
+def probability(n: int) -> str:
+    """1/n as kube-proxy prints it (``%0.10f``), precomputed."""
+    while len(_PROBABILITIES) <= n:
+        _PROBABILITIES.append(f"{1.0 / len(_PROBABILITIES):0.10f}")
+    return _PROBABILITIES[n]
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs and outputs.
+
+
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    """What the rules need to know about the node they are rendered for."""
+
+    node_name: str = ""
+    cluster_cidr: str = ""  # "" = no local-traffic detector (no masquerade of off-cluster traffic)
+    masquerade_all: bool = False
+    nodeport_ips: tuple[str, ...] | None = None  # None = every local address (addrtype LOCAL)
+    localhost_nodeports: bool = False  # NodePorts on 127.0.0.0/8 (needs route_localnet)
+    conntrack_tcp_liberal: bool = False  # nf_conntrack_tcp_be_liberal set: no INVALID drop
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRules:
+    """One service port's share of the ruleset (all strings are whole lines)."""
+
+    filter_services: str
+    filter_external: str
+    filter_nodeports: str
+    nat_services: str
+    nat_nodeports: str
+    chains: tuple[str, ...]  # nat chains this service port owns (SVC/SVL/EXT/SEP)
+    chain_rules: str  # the rules of those chains
+    has_endpoints: bool
+
+
+def _usable(ep: Endpoint) -> bool:
+    return ep.ready
+
+
+def _serving_terminating(ep: Endpoint) -> bool:
+    return ep.serving and ep.terminating
+
+
+def categorize(
+    svc: ServicePortInfo, eps: Iterable[Endpoint], node_name: str
+) -> tuple[list[Endpoint], list[Endpoint], list[Endpoint], bool]:
+    """kube-proxy's CategorizeEndpoints (without topology hints).
+
+    Returns (cluster endpoints, local endpoints, all endpoints reachable from this node,
+    whether the service has usable endpoints anywhere). Ready endpoints are preferred;
+    serving-but-terminating ones are used only when there are no ready ones.
+    """
+    eps = list(eps)
+    externally = bool(svc.node_port or svc.external_ips or svc.load_balancer_ips)
+    ext_local = svc.external_local and externally
+    uses_cluster = not svc.internal_local or (externally and not ext_local)
+    uses_local = svc.internal_local or ext_local
+    cluster: list[Endpoint] = []
+    local: list[Endpoint] = []
+    has_any = False
+    if uses_cluster:
+        cluster = [e for e in eps if _usable(e)]
+        if not cluster:
+            cluster = [e for e in eps if _serving_terminating(e)]
+        has_any = bool(cluster)
+    if not uses_local:
+        return cluster, local, cluster, has_any
+    local_ready = local_term = False
+    for e in eps:
+        if e.ready:
+            has_any = True
+            local_ready = local_ready or e.node_name == node_name
+        elif _serving_terminating(e):
+            has_any = True
+            local_term = local_term or e.node_name == node_name
+    if local_ready:
+        local = [e for e in eps if e.node_name == node_name and e.ready]
+    elif local_term:
+        local = [e for e in eps if e.node_name == node_name and _serving_terminating(e)]
+    if not uses_cluster:
+        return cluster, local, local, has_any
+    seen = set(map(id, cluster))
+    reachable = cluster + [e for e in local if id(e) not in seen]
+    return cluster, local, reachable, has_any
+
+
+def _addr(e: Endpoint) -> str:
+    return f"{e.ip}:{e.port}"
+
+
+def _sorted_eps(eps: Iterable[Endpoint]) -> list[Endpoint]:
+    # kube-proxy keeps a service's endpoints sorted by their "ip:port" string.
+    eps = list(eps)
+    return eps if len(eps) < 2 else sorted(eps, key=_addr)
+
+
+def render_service(
+    svc: ServicePortInfo, eps: Iterable[Endpoint], ctx: NodeContext, large: bool = False
+) -> ServiceRules:
+    """All rules for one service port (kube-proxy's loop body in syncProxyRules)."""
+    spn = svc.name
+    name = str(spn)
+    proto = svc.protocol.lower()
+    h = port_proto_hash(name, proto)
+    svc_chain, svl_chain, ext_chain = SVC_PREFIX + h, SVL_PREFIX + h, EXT_PREFIX + h
+    cluster_eps, local_eps, reachable, has_eps = categorize(svc, _sorted_eps(eps), ctx.node_name)
+
+    externally = bool(svc.node_port or svc.external_ips or svc.load_balancer_ips)
+    ext_local = svc.external_local and externally
+    uses_cluster_chain = bool(cluster_eps) and (not svc.internal_local or (externally and not ext_local))
+    uses_local_chain = bool(local_eps) and (svc.internal_local or ext_local)
+
+    internal_chain = svc_chain
+    has_internal = has_eps
+    if svc.internal_local:
+        internal_chain = svl_chain
+        has_internal = bool(local_eps)
+    ext_policy_chain = svc_chain
+    has_external = has_eps
+    if ext_local:
+        ext_policy_chain = svl_chain
+        has_external = bool(local_eps)
+    uses_ext_chain = has_eps and externally
+
+    int_target = int_comment = ext_target = ext_comment = ""
+    if not has_eps:
+        int_target = ext_target = "REJECT"
+        int_comment = ext_comment = f'"{name} has no endpoints"'
+    else:
+        if not has_internal:
+            int_target, int_comment = "DROP", f'"{name} has no local endpoints"'
+        if not has_external:
+            ext_target, ext_comment = "DROP", f'"{name} has no local endpoints"'
+
+    mp = f"-m {proto} -p {proto}"
+    cip, port = svc.cluster_ip, svc.port
+    f_svc: list[str] = []
+    f_ext: list[str] = []
+    f_np: list[str] = []
+    n_svc: list[str] = []
+    n_np: list[str] = []
+    chains: list[str] = []
+    rules: list[str] = []
+
+    cluster_ip_match = f'-m comment --comment "{name} cluster IP" {mp} -d {cip} --dport {port}'
+    if has_internal:
+        n_svc.append(f"-A {KUBE_SERVICES} {cluster_ip_match} -j {internal_chain}\n")
+    else:
+        f_svc.append(
+            f"-A {KUBE_SERVICES} -m comment --comment {int_comment} {mp} -d {cip} --dport {port} -j {int_target}\n"
+        )
+
+    for xip in svc.external_ips:
+        if has_eps:
+            n_svc.append(
+                f'-A {KUBE_SERVICES} -m comment --comment "{name} external IP" {mp} -d {xip} --dport {port} -j {ext_chain}\n'
+            )
+        if not has_external:
+            f_ext.append(
+                f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {ext_comment} {mp} -d {xip} --dport {port} -j {ext_target}\n"
+            )
+    for lbip in svc.load_balancer_ips:
+        if has_eps:
+            n_svc.append(
+                f'-A {KUBE_SERVICES} -m comment --comment "{name} loadbalancer IP" {mp} -d {lbip} --dport {port} -j {ext_chain}\n'
+            )
+    if not has_external:
+        for lbip in svc.load_balancer_ips:
+            f_ext.append(
+                f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {ext_comment} {mp} -d {lbip} --dport {port} -j {ext_target}\n"
+            )
+
+    if svc.node_port:
+        if has_eps:
+            n_np.append(
+                f"-A {KUBE_NODEPORTS} -m comment --comment {name} {mp} --dport {svc.node_port} -j {ext_chain}\n"
+            )
+        if not has_external:
+            f_ext.append(
+                f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {ext_comment} -m addrtype --dst-type LOCAL {mp} --dport {svc.node_port} -j {ext_target}\n"
+            )
+    if svc.health_check_node_port:
+        f_np.append(
+            f'-A {KUBE_NODEPORTS} -m comment --comment "{name} health check node port" -m tcp -p tcp --dport {svc.health_check_node_port} -j ACCEPT\n'
+        )
+
+    # Internal traffic: masquerade what does not come from a pod (or everything).
+    internal_masq = ""
+    if has_internal:
+        if ctx.masquerade_all:
+            internal_masq = f"-A {internal_chain} {cluster_ip_match} -j {KUBE_MARK_MASQ}\n"
+        elif ctx.cluster_cidr:
+            internal_masq = (
+                f"-A {internal_chain} {cluster_ip_match} ! -s {ctx.cluster_cidr} -j {KUBE_MARK_MASQ}\n"
+            )
+
+    if uses_ext_chain:
+        chains.append(ext_chain)
+        if not ext_local:
+            rules.append(
+                f'-A {ext_chain} -m comment --comment "masquerade traffic for {name} external destinations" -j {KUBE_MARK_MASQ}\n'
+            )
+        else:
+            if ctx.cluster_cidr:
+                rules.append(
+                    f'-A {ext_chain} -m comment --comment "pod traffic for {name} external destinations" -s {ctx.cluster_cidr} -j {svc_chain}\n'
+                )
+            rules.append(
+                f'-A {ext_chain} -m comment --comment "masquerade LOCAL traffic for {name} external destinations" -m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}\n'
+            )
+            rules.append(
+                f'-A {ext_chain} -m comment --comment "route LOCAL traffic for {name} external destinations" -m addrtype --src-type LOCAL -j {svc_chain}\n'
+            )
+        if has_external:
+            rules.append(f"-A {ext_chain} -j {ext_policy_chain}\n")
+
+    addr_of = {id(e): f"{e.ip}:{e.port}" for e in reachable}
+    sep_of = {k: _sep(name, proto, a) for k, a in addr_of.items()}
+    affinity = svc.session_affinity_timeout
+
+    def to_endpoints(chain: str, targets: list[Endpoint]) -> None:
+        if internal_masq and chain == internal_chain:
+            rules.append(internal_masq)
+        if affinity:
+            for e in targets:
+                sep = sep_of[id(e)]
+                c = "" if large else f'-m comment --comment "{name} -> {addr_of[id(e)]}" '
+                rules.append(
+                    f"-A {chain} {c}-m recent --name {sep} --rcheck --seconds {affinity} --reap -j {sep}\n"
+                )
+        n = len(targets)
+        for i, e in enumerate(targets):
+            c = "" if large else f'-m comment --comment "{name} -> {addr_of[id(e)]}" '
+            stat = f"-m statistic --mode random --probability {probability(n - i)} " if i < n - 1 else ""
+            rules.append(f"-A {chain} {c}{stat}-j {sep_of[id(e)]}\n")
+
+    if uses_cluster_chain:
+        chains.append(svc_chain)
+        to_endpoints(svc_chain, cluster_eps)
+    if uses_local_chain:
+        chains.append(svl_chain)
+        to_endpoints(svl_chain, local_eps)
+
+    for e in reachable:
+        sep = sep_of[id(e)]
+        chains.append(sep)
+        head = f"-A {sep} " if large else f"-A {sep} -m comment --comment {name} "
+        rules.append(f"{head}-s {e.ip} -j {KUBE_MARK_MASQ}\n")
+        rec = f"-m recent --name {sep} --set " if affinity else ""
+        rules.append(f"{head}{rec}{mp} -j DNAT --to-destination {addr_of[id(e)]}\n")
+
+    return ServiceRules(
+        filter_services="".join(f_svc),
+        filter_external="".join(f_ext),
+        filter_nodeports="".join(f_np),
+        nat_services="".join(n_svc),
+        nat_nodeports="".join(n_np),
+        chains=tuple(chains),
+        chain_rules="".join(rules),
+        has_endpoints=has_eps,
+    )
+
+
+def _static_nat(ctx: NodeContext) -> dict[str, str]:
+    post = (
+        f"-A {KUBE_POSTROUTING} -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN\n"
+        f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {MASQ_MARK}\n"
+        f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully\n'
+    )
+    return {KUBE_POSTROUTING: post, KUBE_MARK_MASQ: f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {MASQ_MARK}\n"}
+
+
+def _nodeports_tail(ctx: NodeContext) -> str:
+    if ctx.nodeport_ips is None:
+        lo = "" if ctx.localhost_nodeports else " ! -d 127.0.0.0/8"
+        return f"-A {KUBE_SERVICES} -m comment --comment {NODEPORTS_COMMENT} -m addrtype --dst-type LOCAL{lo} -j {KUBE_NODEPORTS}\n"
+    out = []
+    for ip in ctx.nodeport_ips:
+        if ip.startswith("127.") and not ctx.localhost_nodeports:
+            continue
+        out.append(f"-A {KUBE_SERVICES} -m comment --comment {NODEPORTS_COMMENT} -d {ip} -j {KUBE_NODEPORTS}\n")
+    return "".join(out)
+
+
+def _forward(ctx: NodeContext) -> str:
+    out = []
+    if not ctx.conntrack_tcp_liberal:
+        out.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP\n")
+    out.append(
+        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT\n'
+    )
+    out.append(
+        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n'
+    )
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Ruleset:
+    """The whole desired state: top-level chains' rules per table, and per service port."""
+
+    filter_top: dict[str, str]  # chain -> rules (FILTER_CHAINS)
+    nat_top: dict[str, str]  # chain -> rules (NAT_CHAINS)
+    services: dict[ServicePortName, ServiceRules]  # sorted by name
+    changed: frozenset[ServicePortName] = field(default_factory=frozenset)  # vs previous render
+
+    def nat_service_chains(self) -> set[str]:
+        return {c for r in self.services.values() for c in r.chains}
+
+    def restore_input(
+        self,
+        only: Collection[ServicePortName] | None = None,
+        stale_chains: Iterable[str] = (),
+        skip_top: Collection[tuple[str, str]] = (),
+    ) -> str:
+        """Text for ``iptables-restore --noflush``: filter then nat, one COMMIT each.
+
+        ``only``: write the service chains of these service ports only (a partial sync;
+        chains not mentioned keep their rules). ``stale_chains``: nat chains to flush and
+        delete. ``skip_top``: (table, chain) pairs whose rules are known to be unchanged.
+        """
+        out = []
+        filter_chains = [c for c in FILTER_CHAINS if ("filter", c) not in skip_top]
+        if filter_chains:  # nothing to write: leave the table alone (no commit at all)
+            out.append("*filter\n")
+            out.extend(f":{c} - [0:0]\n" for c in filter_chains)
+            out.extend(self.filter_top[c] for c in filter_chains)
+            out.append("COMMIT\n")
+        out.append("*nat\n")
+        for c in NAT_CHAINS:
+            if ("nat", c) not in skip_top:
+                out.append(f":{c} - [0:0]\n")
+        if only is None:
+            picked = list(self.services.values())
+        else:
+            picked = [self.services[s] for s in sorted(only, key=_spn_key) if s in self.services]
+        for r in picked:
+            for c in r.chains:
+                out.append(f":{c} - [0:0]\n")
+        stale = sorted(stale_chains)
+        for c in stale:
+            out.append(f":{c} - [0:0]\n")
+        for c in NAT_CHAINS:
+            if ("nat", c) not in skip_top:
+                out.append(self.nat_top[c])
+        for r in picked:
+            out.append(r.chain_rules)
+        for c in stale:
+            out.append(f"-X {c}\n")
+        out.append("COMMIT\n")
+        return "".join(out)
+
+
+def _spn_key(s: ServicePortName) -> tuple[str, str, str, str]:
+    return (s.namespace, s.name, s.port, s.protocol)
+
+
+class Renderer:
+    """Memoising renderer: the same inputs always give the same ``Ruleset``."""
+
+    def __init__(self) -> None:
+        self._cache: dict[
+            ServicePortName, tuple[ServicePortInfo, tuple[Endpoint, ...], NodeContext, bool, ServiceRules]
+        ] = {}
+
+    def render(
+        self,
+        services: Mapping[ServicePortName, ServicePortInfo],
+        endpoints: Mapping[ServicePortName, tuple[Endpoint, ...]],
+        ctx: NodeContext,
+    ) -> Ruleset:
+        large = sum(len(endpoints.get(s, ())) for s in services) > LARGE_CLUSTER_ENDPOINTS
+        old = self._cache
+        new: dict = {}
+        changed: set[ServicePortName] = set()
+        out: dict[ServicePortName, ServiceRules] = {}
+        for spn in sorted(services, key=_spn_key):
+            svc = services[spn]
+            eps = endpoints.get(spn, ())
+            hit = old.get(spn)
+            if (
+                hit is not None
+                and (hit[0] is svc or hit[0] == svc)
+                and (hit[1] is eps or hit[1] == eps)
+                and (hit[2] is ctx or hit[2] == ctx)
+                and hit[3] == large
+            ):
+                rules = hit[4]
+            else:
+                rules = render_service(svc, eps, ctx, large)
+                if hit is None or hit[4] != rules:
+                    changed.add(spn)
+            new[spn] = (svc, eps, ctx, large, rules)
+            out[spn] = rules
+        changed.update(s for s in old if s not in new)
+        self._cache = new
+
+        values = out.values()
+        filter_top = {
+            KUBE_SERVICES: "".join(r.filter_services for r in values),
+            KUBE_EXTERNAL_SERVICES: "".join(r.filter_external for r in values),
+            KUBE_FORWARD: _forward(ctx),
+            KUBE_NODEPORTS: "".join(r.filter_nodeports for r in values),
+        }
+        nat_top = {
+            KUBE_SERVICES: "".join(r.nat_services for r in values) + _nodeports_tail(ctx),
+            KUBE_NODEPORTS: "".join(r.nat_nodeports for r in values),
+            **_static_nat(ctx),
+        }
+        return Ruleset(filter_top, nat_top, out, frozenset(changed))
+
+
+def render(
+    services: Mapping[ServicePortName, ServicePortInfo],
+    endpoints: Mapping[ServicePortName, tuple[Endpoint, ...]],
+    ctx: NodeContext,
+) -> str:
+    """The full iptables-restore input for these services and endpoints on this node."""
+    return Renderer().render(services, endpoints, ctx).restore_input()
