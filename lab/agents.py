@@ -44,6 +44,7 @@ MODULES: dict[str, str] = {
 }
 NODE_AGENTS = ("overlay", "kubelet", "kubeproxy")  # started on every node, in this order
 CONTROL_PLANE_AGENTS = ("apiserver", "scheduler")
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane:NoSchedule"
 KUBEPROXY_HEALTH_PORT = 10256
 KUBEPROXY_METRICS_PORT = 10249
 
@@ -109,7 +110,7 @@ def agent_argv(
         return base + [
             "--master", url, "--node-name", node, "--node-ip", n.ip, "--prefix", cfg.prefix,
             "--cluster-dns", cfg.cluster_dns, "--subnet-file", subnet_file(cfg.prefix, node),
-        ]  # fmt: skip
+        ] + (["--register-with-taints", CONTROL_PLANE_TAINT] if n.is_control_plane else [])  # fmt: skip
     if component == "overlay":
         argv = base + [
             "--master", url, "--node-name", node, "--iface", topo.NODE_IFACE,
@@ -176,6 +177,19 @@ def probe(components: Iterable[str], python: str = sys.executable) -> dict[str, 
     return Prober(components, python).result()
 
 
+def _module_exists(mod: str) -> bool:
+    """The module exists (a package must also have ``__main__``); cheap, no import of it."""
+    try:
+        spec = importlib.util.find_spec(mod)
+        if spec is None:
+            return False
+        if spec.submodule_search_locations is not None:  # a package
+            return importlib.util.find_spec(mod + ".__main__") is not None
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
 class Prober:
     """``probe`` started early and collected later (so it overlaps building the topology)."""
 
@@ -188,10 +202,7 @@ class Prober:
         self._procs: dict[str, subprocess.Popen[bytes] | None] = {}
         for comp in self._components:
             mod = MODULES[comp]
-            try:
-                found = importlib.util.find_spec(mod + ".__main__") is not None
-            except (ImportError, ValueError):
-                found = False
+            found = _module_exists(mod)
             self._procs[comp] = (
                 subprocess.Popen(
                     [python, "-m", mod, "--help"],
@@ -336,9 +347,7 @@ def health(cfg: LabConfig, agent: Agent, nodes_ready: Mapping[str, bool] | None 
     comp = agent.component
     if comp == "apiserver":
         ok = apiserver_healthy(p.apiserver_url)
-        return Health(
-            True, ok, f"pid {pid}, {p.apiserver_url} " + ("ok" if ok else "not answering")
-        )
+        return Health(True, ok, f"pid {pid}, /healthz " + ("ok" if ok else "not answering"))
     if comp == "kubeproxy":
         st = http_status(f"http://{p.node(agent.node).ip}:{KUBEPROXY_HEALTH_PORT}/healthz")
         return Health(True, st == 200, f"pid {pid}, healthz {st if st else 'not answering'}")

@@ -566,19 +566,30 @@ class Lab:
             raise LabError(f"network namespace {netns} does not exist")
         env = ag.agent_env(self.prefix, self.python)
         env.pop(cleanup.MARKER_ENV, None)
-        return subprocess.run(
-            ["ip", "netns", "exec", netns, *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
+        full = ["ip", "netns", "exec", netns, *argv]
+        try:
+            return subprocess.run(
+                full,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+            return subprocess.CompletedProcess(
+                full, 124, out or "", (err or "") + f"\ntimed out after {timeout}s"
+            )
 
     def pod_exec(
         self, namespace: str, pod: str, argv: Sequence[str], timeout: float = 10
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside the pod's namespace (its /etc/netns resolv.conf applies)."""
+        """Run ``argv`` inside the pod's namespace (its /etc/netns resolv.conf applies).
+
+        A command still running after ``timeout`` is killed and returns code 124.
+        """
         netns = self.pod_ns(namespace, pod)
         if not topo.netns_exists(netns):
             raise LabError(
