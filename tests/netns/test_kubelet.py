@@ -83,11 +83,11 @@ def start_kubelet(url: str, state: Path, log: Path) -> subprocess.Popen:
     )
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, wait: float = 10) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(10)
+            proc.wait(wait)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -169,7 +169,7 @@ def cluster():
                 timeout=60,
             )
         if procs:
-            stop(procs[0])
+            stop(procs[0], wait=3)
         for ns in netns_list():
             if ns.startswith("kbt-"):
                 for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
