@@ -2,12 +2,13 @@
 
 Start-up, as flanneld with the kube subnet manager does it:
 
-1. list + watch Nodes (kubecommon.informer); wait until this node has ``spec.podCIDR``;
-2. backend setup (flannel.1 for vxlan: adopted as is if it exists, so its MAC survives);
-3. write subnet.env (atomically) and, with ``--ip-masq``, the FLANNEL-POSTRTG chain;
-4. host-gw only: refuse to start when a peer is not on a directly connected subnet;
-5. program every peer, then publish our lease (annotations) and NetworkUnavailable=False,
-   so a peer that sees us already finds the return path in place.
+1. list + watch Nodes (kubecommon.informer); bring flannel.1 up already (vxlan; adopted as
+   is if it exists, so its VTEP MAC survives restarts), then wait for ``spec.podCIDR``;
+2. give flannel.1 the lease's address; host-gw: refuse to start when a peer is not on a
+   directly connected subnet;
+3. program every peer, then write the FLANNEL-POSTRTG chain (``--ip-masq``) and subnet.env
+   (atomically), then publish our lease (annotations) and NetworkUnavailable=False, so a
+   peer that sees us already finds the return path in place.
 
 Then event-driven: every Node event wakes one sync (the backend diffs against the kernel,
 so a burst of events costs one pass and a no-op sync writes nothing). Failures retry with
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Network
@@ -38,6 +40,10 @@ log = logging.getLogger("overlay")
 CONDITION = "NetworkUnavailable"
 CONDITION_REASON = "FlannelIsUp"
 CONDITION_MESSAGE = "Flannel is running on this node"
+
+
+class LeaseChanged(OverlayError):
+    """This node's podCIDR changed under the running agent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,16 +157,17 @@ class Agent:
         own = self._own()
         cidr = ((own or {}).get("spec") or {}).get("podCIDR")
         if cidr and IPv4Network(cidr, strict=False) != self.local.subnet:
-            raise OverlayError(
+            raise LeaseChanged(
                 f"Node {self.cfg.node_name} podCIDR changed from {self.local.subnet} to {cidr}; "
                 "restart the agent (after --cleanup) to take the new subnet"
             )
 
     async def start(self) -> None:
         await self.informer.synced.wait()
-        subnet = await self._wait_for_subnet()
         async with iproute() as ipr:
             ext = await external_interface(ipr, self.cfg.iface)
+        await self.backend.prepare(ext)
+        subnet = await self._wait_for_subnet()
         lease = await self.backend.setup(ext, subnet)
         self.local = dataclasses.replace(lease, node=self.cfg.node_name)
         log.info(
@@ -172,15 +179,6 @@ class Agent:
             ext.name,
             self.backend.mtu,
         )
-        if subnetfile.write_atomic(
-            self.cfg.subnet_file,
-            subnetfile.render(
-                self.cfg.cluster_cidr, self.local, self.backend.mtu, self.cfg.ip_masq
-            ),
-        ):
-            log.info("wrote %s", self.cfg.subnet_file)
-        if self.cfg.ip_masq:
-            masq.apply(self.cfg.cluster_cidr, subnet)
         problems = self.backend.check(self.local, self._leases())
         if problems:
             raise OverlayError(
@@ -189,28 +187,51 @@ class Agent:
                 + ". host-gw needs all nodes on one L2 segment; use --backend vxlan instead."
             )
 
+    def _write_local_config(self) -> None:
+        """Masquerading first, then subnet.env (pods start only once it exists)."""
+        assert self.local is not None
+        if self.cfg.ip_masq:
+            try:
+                masq.apply(self.cfg.cluster_cidr, self.local.subnet)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                raise OverlayError(f"--ip-masq: {e}") from e
+        content = subnetfile.render(
+            self.cfg.cluster_cidr, self.local, self.backend.mtu, self.cfg.ip_masq
+        )
+        if subnetfile.write_atomic(self.cfg.subnet_file, content):
+            log.info("wrote %s", self.cfg.subnet_file)
+
     async def run(self) -> None:
         inf = asyncio.create_task(self.informer.run(), name="nodes-informer")
         try:
             await self.start()
             backoff = 0.1
+            configured = False
             while True:
                 self._wake.clear()
                 try:
                     self._check_own()
-                    await self.backend.sync(self.local, self._leases())  # type: ignore[arg-type]
+                    # peers first, then our lease: whoever sees us finds the way back in place
+                    try:
+                        await self.backend.sync(self.local, self._leases())  # type: ignore[arg-type]
+                    finally:
+                        if not configured:
+                            self._write_local_config()
+                            configured = True
                     await self._publish()
-                    self.ready.set()
+                    if not self.ready.is_set():
+                        log.info("ready: lease %s published", self.local.subnet)  # type: ignore[union-attr]
+                        self.ready.set()
                     backoff = 0.1
-                except OverlayError as e:
-                    if "podCIDR changed" in str(e):
-                        raise
-                    log.error("sync failed: %s; retrying in %.1fs", e, backoff)
+                except LeaseChanged:
+                    raise
+                except ApiError as e:
+                    log.warning("publishing lease failed: %s; retrying in %.1fs", e, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                except ApiError as e:
-                    log.warning("publishing lease failed: %s; retrying in %.1fs", e, backoff)
+                except Exception as e:  # netlink, iptables: retry, keep what works in place
+                    log.error("sync failed: %s; retrying in %.1fs", e, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue

@@ -1,7 +1,8 @@
 """subnet.env: what this node's pods get (network, subnet gateway, MTU, masquerading).
 
 Rendered as flanneld writes it and replaced atomically (temp file in the same directory,
-fsync, rename), so a reader never sees half a file.
+then rename), so a reader never sees half a file. No fsync: it lives in /run (tmpfs) and is
+rewritten at every start.
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ def write_atomic(path: str, content: str) -> bool:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -3,7 +3,8 @@
 As in flannel's ``pkg/backend``, a backend is small and self-contained; adding one touches
 no other file but the registry below. The agent drives it:
 
-    lease = await backend.setup(ext, subnet)     # device, own lease (backend data, MTU)
+    await backend.prepare(ext)                   # before the lease is known (device, VTEP MAC)
+    lease = await backend.setup(ext, subnet)     # own lease (address, backend data, MTU)
     problems = backend.check(lease, leases)       # refuse to start on a broken topology
     await backend.sync(lease, leases)            # idempotent: desired state from all leases
     await backend.cleanup()                      # remove everything ever installed
@@ -21,6 +22,8 @@ from ..lease import Lease
 
 class Backend(Protocol):
     name: str
+
+    async def prepare(self, ext: ExternalInterface) -> None: ...
 
     async def setup(self, ext: ExternalInterface, subnet: IPv4Network) -> Lease: ...
 

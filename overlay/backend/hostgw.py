@@ -101,6 +101,9 @@ class HostGwBackend:
         assert self._ext is not None
         return self._ext.mtu
 
+    async def prepare(self, ext: ExternalInterface) -> None:
+        self._ext = ext
+
     async def setup(self, ext: ExternalInterface, subnet: IPv4Network) -> Lease:
         self._ext = ext
         return Lease(subnet=subnet, node="", public_ip=ext.ip, backend_type=HOST_GW)

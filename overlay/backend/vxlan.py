@@ -59,7 +59,7 @@ class DeviceSpec:
     underlay_index: int
     local_ip: IPv4Address
     mtu: int
-    address: IPv4Interface  # the lease's network address as /32
+    address: IPv4Interface | None  # the lease's network address as /32 (None: not known yet)
     learning: bool = False
 
 
@@ -126,7 +126,7 @@ class Plan:
         return not (self.steps or self.del_routes or self.del_fdb or self.del_neighbours)
 
 
-def device_spec(ext: ExternalInterface, subnet: IPv4Network) -> DeviceSpec:
+def device_spec(ext: ExternalInterface, subnet: IPv4Network | None) -> DeviceSpec:
     return DeviceSpec(
         name=DEVICE,
         vni=VNI,
@@ -134,7 +134,7 @@ def device_spec(ext: ExternalInterface, subnet: IPv4Network) -> DeviceSpec:
         underlay_index=ext.index,
         local_ip=ext.ip,
         mtu=ext.mtu - ENCAP_OVERHEAD,
-        address=IPv4Interface(f"{subnet.network_address}/32"),
+        address=IPv4Interface(f"{subnet.network_address}/32") if subnet else None,
     )
 
 
@@ -280,7 +280,7 @@ class VxlanBackend:
                 )
                 await ipr.link("del", index=index)
                 index = None
-            else:
+            elif index != self._index:
                 log.info("adopting existing %s (VTEP MAC %s)", spec.name, mac)
         if index is None:
             mac = mac or random_mac()
@@ -312,18 +312,25 @@ class VxlanBackend:
         info, mac = await self._link_info(index)
         if info["mtu"] != spec.mtu:
             await ipr.link("set", index=index, mtu=spec.mtu)
-        addrs = await ipv4_addresses(ipr, index)
-        for a in addrs:
-            if a != spec.address:
-                await ignore_missing(
-                    ipr.addr("del", index=index, address=str(a.ip), prefixlen=a.network.prefixlen)
-                )
-        if spec.address not in addrs:
-            await ipr.addr("add", index=index, address=str(spec.address.ip), prefixlen=32)
+        if spec.address is not None:
+            addrs = await ipv4_addresses(ipr, index)
+            for a in addrs:
+                if a != spec.address:
+                    await ignore_missing(
+                        ipr.addr(
+                            "del", index=index, address=str(a.ip), prefixlen=a.network.prefixlen
+                        )
+                    )
+            if spec.address not in addrs:
+                await ipr.addr("add", index=index, address=str(spec.address.ip), prefixlen=32)
         if not info["up"]:
             await ipr.link("set", index=index, state="up")
         self._index, self._mac, self._spec = index, mac, spec
         return mac
+
+    async def prepare(self, ext: ExternalInterface) -> None:
+        """flannel.1 up before the lease is known: a joining node then only adds its address."""
+        await self.ensure_device(device_spec(ext, None))
 
     async def setup(self, ext: ExternalInterface, subnet: IPv4Network) -> Lease:
         spec = device_spec(ext, subnet)

@@ -151,12 +151,14 @@ def test_agent_restart_changes_nothing_and_drops_no_packet(tb):
     )  # fmt: skip
     try:
         time.sleep(0.5)
+        ready = {n: tb.agent_log(n).count("ready: lease") for n in ("node1", "node2")}
         for n in ("node1", "node2"):
             tb.stop_agent(n)
             tb.start_agent(n, "vxlan", ["--ip-masq"] if n == "node1" else [])
         for n in ("node1", "node2"):
-            wait_for(lambda n=n: tb.agent_log(n).count("adopting existing flannel.1") >= 1,
+            wait_for(lambda n=n: tb.agent_log(n).count("ready: lease") > ready[n],
                      10, f"{n} agent restart")  # fmt: skip
+            assert "adopting existing flannel.1" in tb.agent_log(n)
         out, _ = probe.communicate(timeout=30)
     finally:
         if probe.poll() is None:

@@ -1,0 +1,276 @@
+"""``python -m overlay.bench``: what the overlay costs, measured in one run on one machine.
+
+Builds its own namespaces (prefix "ovb", underlay 172.30.5.0/24, API stub on the fabric):
+nodes vx1/vx2 running our agent with the vxlan backend, gw1/gw2 with host-gw, hb1/hb2 with
+a VXLAN pair built by hand (the kernel's ceiling, nothing of ours involved), and one pod
+behind cni0 on each agent node. Then, interleaved over several repetitions, iperf3 TCP
+throughput for:
+
+    underlay            node -> node on the fabric (the baseline)
+    hand-built vxlan    hb1 -> hb2 over a hand-made vxlan device
+    vxlan pod-to-pod    pod on vx1 -> pod on vx2 through flannel.1 (ours)
+    vxlan node-to-node  vx1 -> vx2's flannel.1 address (ours, without the pod hops)
+    host-gw pod-to-pod  pod on gw1 -> pod on gw2 (ours)
+
+and the time from a new Node appearing in the API (its agent already running and waiting,
+as flanneld waits for its node) to its pod being reachable by TCP from a pod on vx1, plus
+the time from starting the agent (Node already there) to reachable. Prints a table (median,
+min, max, ratios to the baseline measured in the same run) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .testbed import ECHO_PORT, Testbed, leftovers, sh
+
+IPERF_PORT = 5201
+HB_VNI, HB_PORT = 42, 4789
+HB_NET = "192.168.250"
+
+PROBE = """
+import socket, sys, time
+ip, port = sys.argv[1], int(sys.argv[2])
+print("ready", flush=True)
+while True:
+    s = socket.socket()
+    s.settimeout(0.02)
+    try:
+        s.connect((ip, port))
+        print(time.monotonic(), flush=True)
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+    time.sleep(0.001)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    key: str
+    label: str
+    client_ns: str
+    server_ns: str
+    server_ip: str
+
+
+def hand_built_vxlan(tb: Testbed, a: str, b: str) -> str:
+    """vx0 in nodes a and b, VNI 42, port 4789, static all-zeros FDB to the peer."""
+    for i, (me, peer) in enumerate(((a, b), (b, a)), start=1):
+        ns, me_ip, peer_ip = tb.nodes[me].ns, tb.nodes[me].ip, tb.nodes[peer].ip
+        sh(["ip", "-n", ns, "link", "add", "vx0", "type", "vxlan", "id", str(HB_VNI), "dstport",
+            str(HB_PORT), "dev", "eth0", "local", str(me_ip), "nolearning"])  # fmt: skip
+        sh(["ip", "-n", ns, "link", "set", "vx0", "mtu", "1450", "up"])
+        sh(["ip", "-n", ns, "addr", "add", f"{HB_NET}.{i}/24", "dev", "vx0"])
+        sh(["bridge", "-n", ns, "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst",
+            str(peer_ip)])  # fmt: skip
+    return f"{HB_NET}.2"
+
+
+def iperf(tb: Testbed, sc: Scenario, seconds: float) -> float:
+    r = tb.nsexec(
+        sc.client_ns,
+        ["iperf3", "-c", sc.server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-O", "1",
+         "-J"],
+        check=False, timeout=seconds + 30,
+    )  # fmt: skip
+    try:
+        data = json.loads(r.stdout)
+        return float(data["end"]["sum_received"]["bits_per_second"])
+    except (ValueError, KeyError) as e:
+        raise RuntimeError(f"iperf3 {sc.label} failed: {r.stdout[-500:]} {r.stderr}") from e
+
+
+def stats(xs: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(xs),
+        "min": min(xs),
+        "max": max(xs),
+        "samples": xs,
+    }
+
+
+def wait_log(tb: Testbed, node: str, text: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in tb.agent_log(node):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"agent on {node} never logged {text!r}:\n{tb.agent_log(node)}")
+        time.sleep(0.01)
+
+
+def probe_start(tb: Testbed, src_pod_ns: str, ip: str) -> subprocess.Popen:
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", src_pod_ns, sys.executable, "-c", PROBE, ip, str(ECHO_PORT)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    tb.procs.append(p)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def probe_wait(p: subprocess.Popen, timeout: float = 15) -> float:
+    out, _ = p.communicate(timeout=timeout)
+    return float(out.strip().splitlines()[-1])
+
+
+def measure_join(tb: Testbed, name: str, cidr: str, mode: str) -> float:
+    """Seconds until a pod on vx1 reaches the new node's pod.
+
+    mode "node": the agent runs and waits; the clock starts at the Node's creation.
+    mode "agent": the Node exists; the clock starts when the agent process is started.
+    """
+    tb.add_node(name, register=False)
+    tb.nodes[name].subnet = IPv4Network(cidr)
+    tb.add_pod(name, mtu=1450)
+    if mode == "node":
+        tb.start_agent(name, "vxlan")
+        wait_log(tb, name, "waiting for Node")
+    else:
+        tb.register_node(name, cidr)
+    probe = probe_start(tb, tb.nodes["vx1"].pod_ns, str(tb.nodes[name].pod_ip))
+    t0 = time.monotonic()
+    if mode == "node":
+        tb.register_node(name, cidr)
+    else:
+        tb.start_agent(name, "vxlan")
+    return probe_wait(probe) - t0
+
+
+def run(reps: int, seconds: float, joins: int, prefix: str, underlay: str) -> dict[str, Any]:
+    tb = Testbed(prefix, underlay)
+    try:
+        tb.up()
+        for n in ("vx1", "vx2", "gw1", "gw2"):
+            tb.add_node(n)
+            tb.start_agent(n, "host-gw" if n.startswith("gw") else "vxlan")
+        for n in ("hb1", "hb2"):
+            tb.add_node(n, register=False)
+        for n in ("vx1", "vx2", "gw1", "gw2"):
+            tb.add_pod(n)
+        hb_ip = hand_built_vxlan(tb, "hb1", "hb2")
+        vx2_flannel = str(tb.nodes["vx2"].subnet.network_address)  # type: ignore[union-attr]
+        N = tb.nodes
+        scenarios = [
+            Scenario("underlay", "underlay node->node", N["vx1"].ns, N["vx2"].ns, str(N["vx2"].ip)),
+            Scenario("handbuilt", "hand-built vxlan", N["hb1"].ns, N["hb2"].ns, hb_ip),
+            Scenario("vxlan_pod", "vxlan pod->pod (ours)", N["vx1"].pod_ns, N["vx2"].pod_ns,
+                     str(N["vx2"].pod_ip)),
+            Scenario("vxlan_node", "vxlan node->flannel.1 (ours)", N["vx1"].ns, N["vx2"].ns,
+                     vx2_flannel),
+            Scenario("hostgw_pod", "host-gw pod->pod (ours)", N["gw1"].pod_ns, N["gw2"].pod_ns,
+                     str(N["gw2"].pod_ip)),
+        ]  # fmt: skip
+        servers = {sc.server_ns for sc in scenarios}
+        for ns in servers:
+            tb.spawn(ns, ["iperf3", "-s", "-p", str(IPERF_PORT)], f"iperf-{ns}.log")
+        for ns in servers:
+            tb.wait_listening(ns, IPERF_PORT)
+        for sc in scenarios:  # reachability first: a failure here is a bug, not a figure
+            if sc.key.endswith("_pod"):
+                src = next(n for n in N.values() if n.pod_ns == sc.client_ns).name
+                dst = next(n for n in N.values() if n.pod_ns == sc.server_ns).name
+                tb.wait_reachable(src, dst)
+        samples: dict[str, list[float]] = {sc.key: [] for sc in scenarios}
+        for _ in range(reps):
+            for sc in scenarios:
+                samples[sc.key].append(iperf(tb, sc, seconds))
+        join_node = [
+            measure_join(tb, f"jn{i}", f"10.244.{200 + i}.0/24", "node") for i in range(joins)
+        ]
+        join_agent = [
+            measure_join(tb, f"ja{i}", f"10.244.{220 + i}.0/24", "agent") for i in range(joins)
+        ]
+    finally:
+        tb.down()
+    left = leftovers(prefix)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    return {
+        "machine": {"kernel": platform.release(), "python": platform.python_version()},
+        "params": {"reps": reps, "seconds": seconds, "joins": joins},
+        "throughput_bps": {
+            sc.key: dict(stats(samples[sc.key]), label=sc.label) for sc in scenarios
+        },
+        "ratios": {
+            "handbuilt_vs_underlay": med["handbuilt"] / med["underlay"],
+            "vxlan_pod_vs_underlay": med["vxlan_pod"] / med["underlay"],
+            "vxlan_pod_vs_handbuilt": med["vxlan_pod"] / med["handbuilt"],
+            "vxlan_node_vs_handbuilt": med["vxlan_node"] / med["handbuilt"],
+            "hostgw_pod_vs_underlay": med["hostgw_pod"] / med["underlay"],
+        },
+        "goals": {
+            "vxlan_pod_vs_handbuilt >= 0.97": med["vxlan_pod"] / med["handbuilt"] >= 0.97,
+            "hostgw_pod_vs_underlay >= 0.95": med["hostgw_pod"] / med["underlay"] >= 0.95,
+            "node_join_to_reachable_median < 0.1s": statistics.median(join_node) < 0.1,
+        },
+        "join_seconds": {
+            "node_appears_to_reachable": stats(join_node),
+            "agent_start_to_reachable": stats(join_agent),
+        },
+        "leftovers": left,
+    }
+
+
+def show(res: dict[str, Any], console: Console) -> None:
+    base = res["throughput_bps"]["underlay"]["median"]
+    t = Table(title=f"overlay throughput (iperf3 TCP, {res['params']['reps']} reps x "
+              f"{res['params']['seconds']}s, interleaved)")  # fmt: skip
+    for col in ("path", "median Gbit/s", "min", "max", "vs underlay"):
+        t.add_column(col, justify="left" if col == "path" else "right")
+    for v in res["throughput_bps"].values():
+        t.add_row(v["label"], f"{v['median'] / 1e9:.2f}", f"{v['min'] / 1e9:.2f}",
+                  f"{v['max'] / 1e9:.2f}", f"{v['median'] / base:.3f}")  # fmt: skip
+    console.print(t)
+    r = Table(title="ratios (medians, same run) and goals")
+    r.add_column("ratio")
+    r.add_column("value", justify="right")
+    for k, v in res["ratios"].items():
+        r.add_row(k, f"{v:.3f}")
+    for k, v in res["goals"].items():
+        r.add_row(f"goal: {k}", "met" if v else "NOT met")
+    console.print(r)
+    j = Table(title="join to reachable (TCP connect from a pod on vx1 to the new node's pod)")
+    for col in ("clock starts at", "median ms", "min ms", "max ms"):
+        j.add_column(col, justify="left" if col == "clock starts at" else "right")
+    for k, v in res["join_seconds"].items():
+        j.add_row(k.replace("_", " "), f"{v['median'] * 1e3:.1f}", f"{v['min'] * 1e3:.1f}",
+                  f"{v['max'] * 1e3:.1f}")  # fmt: skip
+    console.print(j)
+    if res["leftovers"]:
+        console.print(f"[red]left behind: {res['leftovers']}[/red]")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--reps", default=3, show_default=True, help="iperf3 runs per path (interleaved).")
+@click.option("--seconds", default=3.0, show_default=True, help="Length of each iperf3 run.")
+@click.option("--joins", default=5, show_default=True, help="Node joins to time (per mode).")
+@click.option("--prefix", default="ovb", show_default=True)
+@click.option("--underlay", default="172.30.5.0/24", show_default=True)
+@click.option("--output", default="overlay-bench.json", show_default=True, help="JSON results.")
+def main(reps: int, seconds: float, joins: int, prefix: str, underlay: str, output: str) -> None:
+    """Measure the overlay's throughput and join latency against kernel baselines."""
+    console = Console()
+    res = run(reps, seconds, joins, prefix, underlay)
+    show(res, console)
+    with open(output, "w", encoding="utf-8") as f:
+        json.dump(res, f, indent=2)
+    console.print(f"wrote {output}")
+    if res["leftovers"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
