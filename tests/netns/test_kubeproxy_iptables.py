@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -86,7 +87,7 @@ def build() -> None:
         for other, (oip, onet) in NODES.items():
             if other != node:
                 sh("ip", "route", "add", f"{onet}.0/24", "via", oip, ns=ns)
-    for pod, (node, host) in PODS.items():
+    for pod, (node, _host) in PODS.items():
         ns, nns = f"{P}-{pod}", f"{P}-{node}"
         sh("ip", "netns", "add", ns)
         sh("ip", "link", "add", f"v-{pod}", "type", "veth", "peer", "name", "eth0", "netns", ns, ns=nns)
@@ -359,17 +360,20 @@ def test_metrics_and_healthz(cluster):
 
 def test_restart_with_same_state_changes_nothing_and_cleanup_removes_all(cluster):
     ns = f"{P}-n2"
-    strip = lambda t: "\n".join(l for l in t.splitlines() if not l.startswith("#")).replace("[0:0]", "")  # noqa: E731
     before = sh("iptables-legacy-save", ns=ns).stdout
     stop(cluster.procs.pop("kp-n2"))
     cluster.start_proxy("n2")
     time.sleep(3)
     after = sh("iptables-legacy-save", ns=ns).stdout
-    import re
-    norm = lambda t: re.sub(r"\[\d+:\d+\]", "", strip(t))  # noqa: E731
-    assert norm(before) == norm(after)
+    assert _norm(before) == _norm(after)
     stop(cluster.procs.pop("kp-n2"))
     sh(PY, "-m", "kubeproxy", "--cleanup", ns=ns, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     for tool in ("iptables-legacy-save", "iptables-nft-save"):
         out = sh(tool, ns=ns, check=False).stdout
         assert "KUBE-" not in out, out
+
+
+def _norm(saved: str) -> str:
+    """iptables-save output without comments and counters."""
+    lines = [ln for ln in saved.splitlines() if not ln.startswith("#")]
+    return re.sub(r"\[\d+:\d+\]", "", "\n".join(lines))
