@@ -23,6 +23,7 @@ from .external import chase
 from .forward import Forwarder
 from .index import OPT_BYTES, Index
 from .metrics import BUCKETS, Stats
+from .parse import POD, InvalidName, parse_request
 from .records import addr_rr, pod_ip_from_label
 from .wire import (
     AAAA,
@@ -302,14 +303,17 @@ class Handler:
         fw.forward(q, data, tcp, reply)
 
     def _insecure_pod(self, q: Question, zid: int) -> tuple[int, tuple[RR, ...]] | None:
+        """``pods insecure``: any dashed IP in an existing namespace answers with that IP."""
         zone = self.index.zones[zid]
-        suffix = f".pod.{zone}"
-        if not q.name.endswith(suffix):
+        try:
+            r = parse_request(q.name, zone)
+        except InvalidName:
             return None
-        parts = q.name[: -len(suffix)].split(".")
-        if len(parts) != 2 or not self.index.exists(f"{parts[1]}.pod.{zone}"):
+        if r.pod_or_svc != POD or not r.service or r.endpoint or r.port:
             return None
-        ip = pod_ip_from_label(parts[0])
+        if not self.index.exists(f"{r.namespace}.pod.{zone}"):
+            return None
+        ip = pod_ip_from_label(r.service)
         if ip is None:
             return NXDOMAIN, ()
         rr = addr_rr(None, ip, self.index.ttl)

@@ -19,6 +19,8 @@ REVERSE_SUFFIXES = ("in-addr.arpa", "ip6.arpa")
 
 
 def reverse_name(ip: str) -> str:
+    if "." in ip and ":" not in ip:
+        return ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
     return ipaddress.ip_address(ip).reverse_pointer.lower()
 
 

@@ -11,7 +11,9 @@ changes. All names here are ``str`` in presentation form without the trailing do
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -46,6 +48,7 @@ class WireError(ValueError):
     """A packet that is not a well-formed DNS message (counted and dropped by the caller)."""
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def encode_name(name: str) -> bytes:
     """Uncompressed wire form of ``name`` (lowercased by the caller if wanted)."""
     if not name or name == ".":
@@ -66,7 +69,7 @@ def encode_name(name: str) -> bytes:
 def rdata_for(rtype: int, value: object) -> bytes | tuple:
     """Rdata that has no names in it as bytes; rdata with names as a tuple for ``Message``."""
     if rtype == A:
-        return ipaddress.IPv4Address(value).packed  # type: ignore[arg-type]
+        return socket.inet_pton(socket.AF_INET, value)  # type: ignore[arg-type]
     if rtype == AAAA:
         return ipaddress.IPv6Address(value).packed  # type: ignore[arg-type]
     if rtype == TXT:
