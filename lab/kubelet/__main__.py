@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
@@ -80,6 +81,7 @@ def main(
 ) -> None:
     """The kube-netlab node agent: registers the Node and runs the pods bound to it."""
     knl_log.setup("kubelet", log_level)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # per-message debug output is costly
     if os.geteuid() != 0:
         raise click.UsageError("the kubelet creates network namespaces: run it as root")
     try:

@@ -126,8 +126,14 @@ class Ipam:
 
     def __init__(self, state_dir: Path):
         self.dir = state_dir / "ipam"
+        self._cache: dict[str, Lease] | None = None  # we are the only writer: read the dir once
 
     def leases(self) -> list[Lease]:
+        if self._cache is None:
+            self._cache = {lease.ip: lease for lease in self._read()}
+        return list(self._cache.values())
+
+    def _read(self) -> list[Lease]:
         out = []
         with contextlib.suppress(FileNotFoundError):
             for p in self.dir.iterdir():
@@ -177,20 +183,26 @@ class Ipam:
             return False
         with os.fdopen(fd, "w") as f:
             json.dump({"owner": owner, "uid": uid}, f)
+        if self._cache is not None:
+            self._cache[ip] = Lease(ip, owner, uid)
         return True
+
+    def _drop(self, ip: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / ip).unlink()
+        if self._cache is not None:
+            self._cache.pop(ip, None)
 
     def release(self, owner: str) -> None:
         for lease in self.leases():
             if lease.owner == owner:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.dir / lease.ip).unlink()
+                self._drop(lease.ip)
 
     def release_outside(self, pod_cidr: str) -> None:
         net = ipaddress.ip_network(pod_cidr, strict=False)
         for lease in self.leases():
             if ipaddress.ip_address(lease.ip) not in net:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.dir / lease.ip).unlink()
+                self._drop(lease.ip)
 
 
 # ---------------------------------------------------------------------------------------- apply
@@ -461,9 +473,16 @@ class SandboxManager:
         node = await self.node_ipr()
         pod = await ipr_in(ns)
         try:
-            if not await node.link_lookup(ifname=veth):
-                if await pod.link_lookup(ifname=POD_IFACE):  # peer of a vanished node end
-                    await pod.link("del", index=(await pod.link_lookup(ifname=POD_IFACE))[0])
+            have_veth = await node.link_lookup(ifname=veth)
+            have_eth0 = await pod.link_lookup(ifname=POD_IFACE)
+            if not (have_veth and have_eth0):
+                # a half-made pair, or the node end of a just-deleted namespace of the same name
+                with contextlib.suppress(Exception):
+                    if have_veth:
+                        await node.link("del", index=have_veth[0])
+                with contextlib.suppress(Exception):
+                    if have_eth0:
+                        await pod.link("del", index=have_eth0[0])
                 fd = os.open(NETNS_DIR / ns, os.O_RDONLY)
                 try:
                     await node.link(
@@ -514,12 +533,13 @@ class SandboxManager:
         for pid in pids_in_netns(ns):  # stragglers the runtime did not know about
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
-        node = await self.node_ipr()
-        with contextlib.suppress(Exception):
-            idx = await node.link_lookup(ifname=veth)
-            if idx:
-                await node.link("del", index=idx[0])
-        if netns_inode(ns) is not None:
+        if netns_inode(ns) is None:  # half-made sandbox: the node end may be all there is
+            node = await self.node_ipr()
+            with contextlib.suppress(Exception):
+                idx = await node.link_lookup(ifname=veth)
+                if idx:
+                    await node.link("del", index=idx[0])
+        else:  # removing the namespace removes its veth pair too
             rc, err = await run_cmd(["ip", "netns", "del", ns], check=False)
             if rc != 0 and netns_inode(ns) is not None:
                 log.warning("could not remove netns %s: %s", ns, err)
