@@ -147,6 +147,7 @@ class ApiServer:
         self.controllers = Controllers(
             self.store, self.registry, cfg.cluster_cidr, cfg.node_cidr_mask
         )
+        self.streams: set[WatchStream] = set()
         self._bootstrap()
 
     def _bootstrap(self) -> None:
@@ -232,12 +233,17 @@ class ApiServer:
         r.add_route("*", "/api/{tail:.*}", self.core)
         r.add_route("*", "/apis/{tail:.*}", self.grouped)
         app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
     async def _on_startup(self, app: web.Application) -> None:
         self.controllers.start()
         await self.store.sync()
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        for stream in list(self.streams):
+            stream.close()
 
     async def _on_cleanup(self, app: web.Application) -> None:
         await self.controllers.stop()

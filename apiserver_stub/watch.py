@@ -24,6 +24,8 @@ from .store import Entry, Event, Store
 
 log = logging.getLogger("apiserver_stub")
 
+DISCONNECT_CHECK = 2.0  # seconds between checks that an idle watcher is still connected
+
 Render = Callable[[str, Entry], bytes]
 
 
@@ -50,8 +52,13 @@ class WatchStream:
         self.queue: deque[bytes] = deque()
         self.wake = asyncio.Event()
         self.overflow = False
+        self.closed = False  # set on server shutdown
         self.last_rv = min_rv
         self._plain = labels.empty and fields.empty
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
 
     def matches(self, entry: Entry | None) -> bool:
         if entry is None:
@@ -129,7 +136,6 @@ async def serve(
     resp.enable_chunked_encoding()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    store.subscribe(stream.res, stream)
     try:
         await resp.prepare(request)
         if initial:
@@ -148,14 +154,17 @@ async def serve(
                 log.warning("watch of %s fell too far behind; closing it", stream.res.plural)
                 break
             now = loop.time()
-            if now >= deadline:
+            if now >= deadline or stream.closed:
                 break
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break  # the client went away
             if bookmarks and now >= next_bookmark:
                 await resp.write(bookmark(stream.res, max(stream.last_rv, store.published_rv)))
                 next_bookmark = now + bookmark_interval
                 continue
             stream.wake.clear()
-            wait = deadline - now
+            wait = min(deadline - now, DISCONNECT_CHECK)
             if bookmarks:
                 wait = min(wait, next_bookmark - now)
             try:

@@ -78,7 +78,9 @@ class Api:
         assert r.status in (codes or (200, 201)), (r.status, r.body)
         return r.body
 
-    def watch(self, path: str, params: dict[str, str] | None = None, timeout: float = 10.0) -> Watch:
+    def watch(
+        self, path: str, params: dict[str, str] | None = None, timeout: float = 10.0
+    ) -> Watch:
         return Watch(self, path, params or {}, timeout)
 
     def wait_for(self, fn: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
@@ -136,21 +138,38 @@ class Watch:
         self.close()
 
 
-def pod(name: str, labels: dict[str, str] | None = None, ports: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+def pod(
+    name: str,
+    labels: dict[str, str] | None = None,
+    ports: list[dict[str, Any]] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     c: dict[str, Any] = {"name": "app", "image": "busybox:1.36"}
     if ports:
         c["ports"] = ports
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}}, "spec": {"containers": [c], **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"containers": [c], **spec},
+    }
 
 
-def service(name: str, selector: dict[str, str] | None = None, ports: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+def service(
+    name: str,
+    selector: dict[str, str] | None = None,
+    ports: list[dict[str, Any]] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     s: dict[str, Any] = {"ports": ports if ports is not None else [{"port": 80}], **spec}
     if selector is not None:
         s["selector"] = selector
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": s}
 
 
-def make_running(api: Api, ns: str, name: str, ip: str, ready: bool = True, node: str | None = None) -> Any:
+def make_running(
+    api: Api, ns: str, name: str, ip: str, ready: bool = True, node: str | None = None
+) -> Any:
     """Play the kubelet: report the pod running with an IP and a Ready condition."""
     status = {
         "status": {

@@ -42,7 +42,9 @@ def test_put_with_stale_resource_version_is_409(api: Api, ns: str) -> None:
     r = api.put(f"/api/v1/namespaces/{ns}/services/web", svc)
     assert r.status == 409 and r.reason == "Conflict"
     assert r.body["kind"] == "Status" and r.body["details"]["name"] == "web"
-    assert api.ok(api.get(f"/api/v1/namespaces/{ns}/services/web"))["metadata"]["labels"] == {"v": "1"}
+    assert api.ok(api.get(f"/api/v1/namespaces/{ns}/services/web"))["metadata"]["labels"] == {
+        "v": "1"
+    }
 
 
 def test_put_keeps_allocated_cluster_ip_and_status(api: Api, ns: str) -> None:
@@ -69,7 +71,11 @@ def test_merge_patch_and_strategic_merge_patch(api: Api, ns: str) -> None:
     p["spec"]["containers"].append({"name": "side", "image": "busybox"})
     api.ok(api.post(f"/api/v1/namespaces/{ns}/pods", p))
     # merge patch: null deletes a label, maps merge
-    out = api.ok(api.patch(f"/api/v1/namespaces/{ns}/pods/a", {"metadata": {"labels": {"app": None, "new": "1"}}}))
+    out = api.ok(
+        api.patch(
+            f"/api/v1/namespaces/{ns}/pods/a", {"metadata": {"labels": {"app": None, "new": "1"}}}
+        )
+    )
     assert out["metadata"]["labels"] == {"new": "1"}
     # strategic: containers merge by name (image may change on a pod)
     out = api.ok(
@@ -89,11 +95,17 @@ def test_merge_patch_and_strategic_merge_patch(api: Api, ns: str) -> None:
     out = api.ok(
         api.patch(
             f"/api/v1/namespaces/{ns}/services/web",
-            {"spec": {"ports": [{"port": 81, "$patch": "delete"}, {"port": 80, "targetPort": 8080}]}},
+            {
+                "spec": {
+                    "ports": [{"port": 81, "$patch": "delete"}, {"port": 80, "targetPort": 8080}]
+                }
+            },
             "strategic",
         )
     )
-    assert [(p["name"], p["port"], p["targetPort"]) for p in out["spec"]["ports"]] == [("a", 80, 8080)]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in out["spec"]["ports"]] == [
+        ("a", 80, 8080)
+    ]
     # JSON patch
     out = api.ok(
         api.patch(
@@ -110,7 +122,10 @@ def test_patch_status_subresource_changes_only_status(api: Api, ns: str) -> None
     out = api.ok(
         api.patch(
             f"/api/v1/namespaces/{ns}/pods/a/status",
-            {"metadata": {"labels": {"sneaky": "1"}}, "status": {"phase": "Running", "podIP": "10.244.0.9"}},
+            {
+                "metadata": {"labels": {"sneaky": "1"}},
+                "status": {"phase": "Running", "podIP": "10.244.0.9"},
+            },
         )
     )
     assert out["status"]["podIP"] == "10.244.0.9"
@@ -129,7 +144,10 @@ def test_label_and_field_selectors(api: Api, ns: str) -> None:
         api.ok(api.post(f"/api/v1/namespaces/{ns}/pods", pod(name, labels, nodeName=node)))
 
     def names(q: str) -> list[str]:
-        return [i["metadata"]["name"] for i in api.ok(api.get(f"/api/v1/namespaces/{ns}/pods?{q}"))["items"]]
+        return [
+            i["metadata"]["name"]
+            for i in api.ok(api.get(f"/api/v1/namespaces/{ns}/pods?{q}"))["items"]
+        ]
 
     assert names("labelSelector=app%3Dweb") == ["a", "b"]
     assert names("labelSelector=app%3D%3Dweb,tier!%3Dfe") == ["b"]
@@ -155,7 +173,9 @@ def test_limit_and_continue_page_through_everything(api: Api, ns: str) -> None:
     cont = ""
     pages = 0
     while True:
-        lst = api.ok(api.get(f"/api/v1/namespaces/{ns}/pods?limit=3" + (f"&continue={cont}" if cont else "")))
+        lst = api.ok(
+            api.get(f"/api/v1/namespaces/{ns}/pods?limit=3" + (f"&continue={cont}" if cont else ""))
+        )
         seen += [i["metadata"]["name"] for i in lst["items"]]
         pages += 1
         cont = lst["metadata"].get("continue", "")
@@ -213,12 +233,19 @@ def test_system_namespaces_and_kubernetes_service_exist(api: Api) -> None:
 
 def test_pod_binding_sets_node_once(api: Api, ns: str) -> None:
     api.ok(api.post(f"/api/v1/namespaces/{ns}/pods", pod("a")))
-    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "a"}, "target": {"kind": "Node", "name": "n1"}}
+    binding = {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": "a"},
+        "target": {"kind": "Node", "name": "n1"},
+    }
     r = api.post(f"/api/v1/namespaces/{ns}/pods/a/binding", binding)
     assert r.status == 201, r.body
     got = api.ok(api.get(f"/api/v1/namespaces/{ns}/pods/a"))
     assert got["spec"]["nodeName"] == "n1"
-    assert any(c["type"] == "PodScheduled" and c["status"] == "True" for c in got["status"]["conditions"])
+    assert any(
+        c["type"] == "PodScheduled" and c["status"] == "True" for c in got["status"]["conditions"]
+    )
     r = api.post(f"/api/v1/namespaces/{ns}/pods/a/binding", binding)
     assert r.status == 409
 
@@ -234,22 +261,42 @@ def test_endpointslices_crud_in_discovery_group(api: Api, ns: str) -> None:
     }
     out = api.ok(api.post(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", body))
     assert out["ports"][0]["protocol"] == "TCP"
-    lst = api.ok(api.get("/apis/discovery.k8s.io/v1/endpointslices?labelSelector=kubernetes.io/service-name%3Dmanual"))
+    lst = api.ok(
+        api.get(
+            "/apis/discovery.k8s.io/v1/endpointslices?labelSelector=kubernetes.io/service-name%3Dmanual"
+        )
+    )
     assert lst["kind"] == "EndpointSliceList" and len(lst["items"]) == 1
 
 
 def test_discovery_and_health(api: Api) -> None:
-    assert api.get("/healthz").body == "ok" and api.get("/readyz").status == 200 and api.get("/livez").status == 200
+    assert (
+        api.get("/healthz").body == "ok"
+        and api.get("/readyz").status == 200
+        and api.get("/livez").status == 200
+    )
     assert api.ok(api.get("/api"))["versions"] == ["v1"]
     v1 = api.ok(api.get("/api/v1"))
     names = {r["name"] for r in v1["resources"]}
-    assert {"pods", "pods/status", "pods/binding", "services", "endpoints", "nodes", "nodes/status", "namespaces"} <= names
+    assert {
+        "pods",
+        "pods/status",
+        "pods/binding",
+        "services",
+        "endpoints",
+        "nodes",
+        "nodes/status",
+        "namespaces",
+    } <= names
     groups = api.ok(api.get("/apis"))["groups"]
     assert any(g["name"] == "discovery.k8s.io" for g in groups)
     d = api.ok(api.get("/apis/discovery.k8s.io/v1"))
     assert d["resources"][0]["name"] == "endpointslices"
     assert api.ok(api.get("/version"))["major"] == "1"
-    agg = api.get("/api", headers={"Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"})
+    agg = api.get(
+        "/api",
+        headers={"Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"},
+    )
     assert agg.body["kind"] == "APIGroupDiscoveryList"
     assert "as=APIGroupDiscoveryList" in agg.headers["Content-Type"]
     idx = api.ok(api.get("/openapi/v3"))
@@ -260,17 +307,41 @@ def test_discovery_and_health(api: Api) -> None:
 
 
 def test_table_output_for_kubectl(api: Api, ns: str) -> None:
-    api.ok(api.post(f"/api/v1/namespaces/{ns}/services", service("web", {"app": "web"}, [{"port": 80, "name": "h"}, {"port": 53, "protocol": "UDP", "name": "d"}])))
-    t = api.ok(api.get(f"/api/v1/namespaces/{ns}/services", headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}))
+    api.ok(
+        api.post(
+            f"/api/v1/namespaces/{ns}/services",
+            service(
+                "web",
+                {"app": "web"},
+                [{"port": 80, "name": "h"}, {"port": 53, "protocol": "UDP", "name": "d"}],
+            ),
+        )
+    )
+    t = api.ok(
+        api.get(
+            f"/api/v1/namespaces/{ns}/services",
+            headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"},
+        )
+    )
     assert t["kind"] == "Table"
-    assert [c["name"] for c in t["columnDefinitions"]][:6] == ["Name", "Type", "Cluster-IP", "External-IP", "Port(s)", "Age"]
+    assert [c["name"] for c in t["columnDefinitions"]][:6] == [
+        "Name",
+        "Type",
+        "Cluster-IP",
+        "External-IP",
+        "Port(s)",
+        "Age",
+    ]
     cells = t["rows"][0]["cells"]
     assert cells[0] == "web" and cells[1] == "ClusterIP" and cells[4] == "80/TCP,53/UDP"
     assert t["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
 
 
 def test_protobuf_preferring_client_gets_json_and_protobuf_only_gets_406(api: Api) -> None:
-    r = api.get("/api/v1/namespaces", headers={"Accept": "application/vnd.kubernetes.protobuf,application/json"})
+    r = api.get(
+        "/api/v1/namespaces",
+        headers={"Accept": "application/vnd.kubernetes.protobuf,application/json"},
+    )
     assert r.status == 200 and r.body["kind"] == "NamespaceList"
     assert r.headers["Content-Type"].startswith("application/json")
     r = api.get("/api/v1/namespaces", headers={"Accept": "application/vnd.kubernetes.protobuf"})
@@ -279,5 +350,7 @@ def test_protobuf_preferring_client_gets_json_and_protobuf_only_gets_406(api: Ap
 
 def test_yaml_body_accepted(api: Api, ns: str) -> None:
     doc = b"apiVersion: v1\nkind: Service\nmetadata:\n  name: y\nspec:\n  ports:\n  - port: 8080\n"
-    out = api.ok(api.request("POST", f"/api/v1/namespaces/{ns}/services", raw=doc, ctype="application/yaml"))
+    out = api.ok(
+        api.request("POST", f"/api/v1/namespaces/{ns}/services", raw=doc, ctype="application/yaml")
+    )
     assert out["spec"]["ports"][0]["targetPort"] == 8080

@@ -12,8 +12,12 @@ from kubecommon.informer import Informer
 
 
 def cm_svc(name: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-            "spec": {"ports": [{"port": 80}], "selector": {"app": name}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": name}},
+    }
 
 
 async def wait_for(pred, timeout: float = 5.0) -> None:
@@ -38,7 +42,9 @@ async def test_list_then_watch_sees_add_modify_delete():
             assert "default/before" in inf.store
             await asyncio.to_thread(sync.create, "services", cm_svc("after"))
             await wait_for(lambda: ("ADDED", "after") in seen)
-            await asyncio.to_thread(sync.patch, "services", "after", {"metadata": {"labels": {"x": "1"}}}, "default")
+            await asyncio.to_thread(
+                sync.patch, "services", "after", {"metadata": {"labels": {"x": "1"}}}, "default"
+            )
             await wait_for(lambda: ("MODIFIED", "after") in seen)
             assert inf.store["default/after"]["metadata"]["labels"] == {"x": "1"}
             await asyncio.to_thread(sync.delete, "services", "after", "default")
@@ -54,7 +60,9 @@ async def test_watch_resumes_after_apiserver_restart(tmp_path):
     client = ApiClient(ClusterConfig(f"http://127.0.0.1:{port}"))
     inf = Informer(client, "services", namespace="default", max_backoff=0.3)
     names: set[str] = set()
-    inf.add_handler(lambda t, new, old: names.add((new or old)["metadata"]["name"]) if t != "DELETED" else None)
+    inf.add_handler(
+        lambda t, new, old: names.add((new or old)["metadata"]["name"]) if t != "DELETED" else None
+    )
     task = None
     try:
         with run_apiserver(data_dir=str(tmp_path), port=port) as url:
@@ -81,7 +89,9 @@ async def test_relist_on_410_reports_deletes_missed_while_away():
         client = ApiClient(ClusterConfig(url))
         inf = Informer(client, "services", namespace="default")
         deleted: list[str] = []
-        inf.add_handler(lambda t, new, old: deleted.append(old["metadata"]["name"]) if t == "DELETED" else None)
+        inf.add_handler(
+            lambda t, new, old: deleted.append(old["metadata"]["name"]) if t == "DELETED" else None
+        )
         await inf._list()  # cache at an rv that will be expired
         for i in range(15):
             sync.create("services", cm_svc(f"churn{i}"))
