@@ -418,19 +418,25 @@ class Registry:
         return entry or old
 
     def _delete_namespace(self, ns_entry: Entry) -> Entry:
-        """Delete everything in the namespace, then the namespace (no Terminating wait)."""
-        name = ns_entry.name
+        """Mark the namespace Terminating; ``finish_namespace`` (run shortly after by the
+        namespace controller) deletes its content and then the namespace, as upstream."""
+        if ns_entry.obj["metadata"].get("deletionTimestamp"):
+            return ns_entry
         obj = ns_entry.copy()
         obj["metadata"]["deletionTimestamp"] = now()
         obj["metadata"]["deletionGracePeriodSeconds"] = 0
         obj["status"] = {"phase": "Terminating"}
-        marked = self.store.put(NAMESPACES, obj)
+        return self.store.put(NAMESPACES, obj)
+
+    def finish_namespace(self, name: str) -> None:
+        entry = self.store.get(NAMESPACES, "", name)
+        if entry is None or not entry.obj["metadata"].get("deletionTimestamp"):
+            return
         for res in RESOURCES:
             if res.namespaced:
                 for e in list(self.store.list(res, name)):
                     self._remove(res, e)
         self.store.remove(NAMESPACES, "", name)
-        return marked
 
     def finish_pod_deletion(self, ns: str, name: str) -> None:
         """The kubelet stand-in: remove a terminating pod once its grace period ran out."""

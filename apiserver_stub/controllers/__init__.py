@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from ..registry import Registry
-from ..resources import ENDPOINTS, ENDPOINTSLICES, NODES, PODS, SERVICES
+from ..resources import ENDPOINTS, ENDPOINTSLICES, NAMESPACES, NODES, PODS, SERVICES
 from ..status import ApiError
 from ..store import Event, Store
 from .endpoints import desired_labels, desired_subsets
@@ -23,6 +23,8 @@ from .index import Index, selector_of
 from .nodeipam import NodeIpam
 
 log = logging.getLogger("apiserver_stub")
+
+NAMESPACE_FINALIZE_DELAY = 0.5  # seconds a deleted namespace stays Terminating
 
 # pod fields the endpoint controllers read; other changes (e.g. annotations) are ignored
 _POD_SPEC_FIELDS = ("nodeName", "hostname", "subdomain", "containers")
@@ -83,6 +85,9 @@ class Controllers:
             if e.obj["metadata"].get("deletionTimestamp"):
                 self.registry.pending_pod_deletions[(e.namespace, e.name)] = 0.0
                 self._schedule_pod_removal(e.namespace, e.name, 0.0)
+        for e in self.store.list(NAMESPACES):  # namespaces a previous run left Terminating
+            if e.obj["metadata"].get("deletionTimestamp"):
+                self._schedule(0.0, self.registry.finish_namespace, e.name)
         self.wake = asyncio.Event()
         self.wake.set()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -123,6 +128,15 @@ class Controllers:
         elif res is ENDPOINTS:
             if ev.entry.name in self.index.services.get(ev.entry.namespace, {}):
                 self._mark(ev.entry.namespace, ev.entry.name)
+        elif res is NAMESPACES:
+            if (
+                new is not None
+                and new["metadata"].get("deletionTimestamp")
+                and not (old or {}).get("metadata", {}).get("deletionTimestamp")
+            ):
+                self._schedule(
+                    NAMESPACE_FINALIZE_DELAY, self.registry.finish_namespace, ev.entry.name
+                )
         elif res is NODES:
             if new is None:
                 if old is not None:
@@ -151,9 +165,12 @@ class Controllers:
             self._mark(ns, svc)
 
     def _schedule_pod_removal(self, ns: str, name: str, wait: float) -> None:
+        self._schedule(wait, self.registry.finish_pod_deletion, ns, name)
+
+    def _schedule(self, wait: float, fn: Any, *args: Any) -> None:
         loop = asyncio.get_running_loop()
-        self._timers = [t for t in self._timers if not t.cancelled()]
-        self._timers.append(loop.call_later(wait, self.registry.finish_pod_deletion, ns, name))
+        self._timers = [t for t in self._timers if loop.time() < t.when()]
+        self._timers.append(loop.call_later(wait, fn, *args))
 
     def _index_slice(self, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
         for obj, add in ((old, False), (new, True)):
