@@ -39,6 +39,7 @@ NodeHook = NodeInfo  # re-exported for modes' type hints
 MODES: dict[str, str] = {
     "iptables": "kubeproxy.iptables.proxier:IptablesProxier",
     "userspace": "kubeproxy.userspace.proxier:UserspaceProxier",
+    "nftables": "kubeproxy.nftables.proxier:NftablesProxier",
 }
 
 

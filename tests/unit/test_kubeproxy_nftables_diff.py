@@ -1,0 +1,147 @@
+"""kube-proxy nftables mode, the transaction text: a partial sync carries only what changed."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
+from kubeproxy.nftables import diff
+from kubeproxy.nftables.render import NodeContext, Renderer
+
+CTX = NodeContext(node_name="n1", cluster_cidr="10.244.0.0/16")
+
+
+def cluster(n: int):
+    services, endpoints = {}, {}
+    for i in range(n):
+        spn = ServicePortName(f"ns{i % 3}", f"svc{i}", "http", "TCP")
+        services[spn] = ServicePortInfo(spn, f"10.96.{i // 250}.{i % 250 + 1}", 80, "TCP", 8080)
+        endpoints[spn] = (
+            Endpoint(f"10.244.{i // 100}.{2 * (i % 100) + 1}", 8080, node_name="n1"),
+            Endpoint(f"10.244.{i // 100}.{2 * (i % 100) + 2}", 8080, node_name="n2"),
+        )
+    return services, endpoints
+
+
+def test_nothing_changed_is_empty():
+    r = Renderer()
+    s, e = cluster(50)
+    a = r.render(s, e, CTX)
+    b = r.render(s, dict(e), CTX)
+    assert b.changed == frozenset()
+    assert diff.partial(a, b) == ""
+
+
+def test_one_endpoint_change_touches_only_that_service():
+    r = Renderer()
+    s, e = cluster(1000)
+    a = r.render(s, e, CTX)
+    spn = sorted(s)[500]
+    e2 = dict(e)
+    old_ep, kept = e[spn][1], e[spn][0]
+    e2[spn] = (kept, Endpoint("10.250.0.9", 8080, node_name="n1"))
+    b = r.render(s, e2, CTX)
+    assert b.changed == {spn}
+    text = diff.partial(a, b)
+    lines = text.splitlines()
+    assert all(f"{spn.namespace}/{spn.name}/" in line for line in lines), text
+    assert "add chain ip kube-proxy endpoint-" in text and "__10.250.0.9/8080" in text
+    assert (
+        "flush chain ip kube-proxy endpoint-" in text
+        and "delete chain ip kube-proxy endpoint-" in text
+    )
+    assert f"__{old_ep.ip}/8080" in [ln for ln in lines if ln.startswith("delete chain")][0]
+    # the service chain is rewritten; the kept endpoint's chain and the map element are not
+    assert not any(
+        f"__{kept.ip}/" in ln
+        for ln in lines
+        if not ln.startswith("add rule ip kube-proxy service-")
+    )
+    assert "element" not in text
+    # order: declarations, flushes, rules, ..., deletions last
+    first_rule = next(i for i, ln in enumerate(lines) if ln.startswith("add rule"))
+    assert all(ln.startswith(("add chain", "flush chain")) for ln in lines[:first_rule])
+    assert lines[-1].startswith("delete chain")
+    assert len(lines) < 15
+
+
+def test_service_added_and_removed():
+    r = Renderer()
+    s, e = cluster(10)
+    a = r.render(s, e, CTX)
+    gone = sorted(s)[3]
+    s2 = {k: v for k, v in s.items() if k != gone}
+    new = ServicePortName("ns9", "fresh", "", "UDP")
+    s2[new] = ServicePortInfo(new, "10.96.9.9", 53, "UDP", 53)
+    b = r.render(s2, e, CTX)
+    text = diff.partial(a, b)
+    assert b.changed == {gone, new}
+    ip = s[gone].cluster_ip
+    assert f"delete element ip kube-proxy service-ips {{ {ip} . tcp . 80 }}\n" in text
+    assert (
+        'add element ip kube-proxy no-endpoint-services { 10.96.9.9 . udp . 53 comment "ns9/fresh" : goto reject-chain }\n'
+        in text
+    )
+    assert text.count("delete chain") == 3  # service chain + 2 endpoint chains of the gone one
+    assert "fresh" not in text.replace("ns9/fresh", "")  # no chains for a service without endpoints
+
+
+def test_endpoints_appear_map_element_moves():
+    r = Renderer()
+    spn = ServicePortName("ns", "web", "", "TCP")
+    s = {spn: ServicePortInfo(spn, "10.96.0.20", 80, "TCP", 80)}
+    a = r.render(s, {}, CTX)
+    b = r.render(s, {spn: (Endpoint("10.244.0.7", 80),)}, CTX)
+    text = diff.partial(a, b)
+    i_del = text.index(
+        "delete element ip kube-proxy no-endpoint-services { 10.96.0.20 . tcp . 80 }"
+    )
+    i_add = text.index(
+        "add element ip kube-proxy service-ips { 10.96.0.20 . tcp . 80 : goto service-"
+    )
+    i_chain = text.index("add chain ip kube-proxy service-")
+    assert i_chain < i_del < i_add
+
+
+def test_affinity_timeout_change_recreates_set_after_flushing_its_users():
+    r = Renderer()
+    spn = ServicePortName("ns", "sticky", "", "TCP")
+    ep = {spn: (Endpoint("10.244.0.7", 80),)}
+    a = r.render(
+        {spn: ServicePortInfo(spn, "10.96.0.21", 80, "TCP", 80, session_affinity_timeout=60)},
+        ep,
+        CTX,
+    )
+    b = r.render(
+        {spn: ServicePortInfo(spn, "10.96.0.21", 80, "TCP", 80, session_affinity_timeout=90)},
+        ep,
+        CTX,
+    )
+    lines = diff.partial(a, b).splitlines()
+    i_del = next(i for i, ln in enumerate(lines) if ln.startswith("delete set"))
+    flushes = [i for i, ln in enumerate(lines) if ln.startswith("flush chain")]
+    assert len(flushes) == 2 and max(flushes) < i_del
+    assert "timeout 90s" in lines[i_del + 1]
+
+
+def test_full_deletes_leftovers_but_keeps_affinity_contents():
+    r = Renderer()
+    s, e = cluster(3)
+    st = r.render(s, e, CTX)
+    text = diff.full(
+        st, existing_chains={"service-OLD-x/y/tcp/", "services"}, existing_sets={"affinity-OLD"}
+    )
+    assert "delete chain ip kube-proxy service-OLD-x/y/tcp/\n" in text
+    assert "delete set ip kube-proxy affinity-OLD\n" in text
+    assert "delete chain ip kube-proxy services" not in text
+    assert "flush set ip kube-proxy affinity" not in text
+
+
+def test_changed_skeleton_needs_full():
+    r = Renderer()
+    a = r.render({}, {}, CTX)
+    b = r.render(
+        {}, {}, NodeContext(node_name="n1", masquerade_all=True, conntrack_tcp_liberal=True)
+    )
+    with pytest.raises(ValueError):
+        diff.partial(a, b)
