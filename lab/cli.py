@@ -412,7 +412,8 @@ def curl(namespace: str, prefix: str, pod: str, url: str) -> None:
 def dig(namespace: str, prefix: str, pod: str, name: str) -> None:
     """Resolve NAME from inside POD (the pod's resolv.conf: search list, ndots:5)."""
     lab = attach(prefix)
-    argv = ["dig", "+search", "+time=2", "+tries=2", "+noall", "+answer", "+comments", name]
+    # -q: the name is a name even when it spells a record type ("srv", "a", "ns")
+    argv = ["dig", "+search", "+time=2", "+tries=2", "+noall", "+answer", "+comments", "-q", name]
     sys.exit(_pod_run(lab, namespace, pod, argv))
 
 

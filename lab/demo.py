@@ -106,7 +106,7 @@ def run_demo(lab: Lab, console: Console, requests: int = 20) -> dict:
             r = lab.pod_exec(
                 NAMESPACE,
                 CLIENT,
-                ["dig", "+search", "+short", "+time=2", "+tries=1", name],
+                ["dig", "+search", "+short", "+time=2", "+tries=1", "-q", name],
                 timeout=20,
             )
             answer = r.stdout.strip() or r.stderr.strip() or "(no answer)"
