@@ -33,7 +33,13 @@ from kubecommon.model import node_from_obj
 from . import masq, subnetfile
 from .backend import Backend, get_backend
 from .kernel import OverlayError, external_interface, iproute
-from .lease import Lease, annotations_for, annotations_missing, leases_from_nodes
+from .lease import (
+    ANNOTATION_PREFIX,
+    Lease,
+    annotations_for,
+    annotations_missing,
+    leases_from_nodes,
+)
 
 log = logging.getLogger("overlay")
 
@@ -78,8 +84,23 @@ class Agent:
         self.local: Lease | None = None
         self.ready = asyncio.Event()  # set after the first successful sync + publish
 
+    def _relevant(self, node: dict | None) -> tuple:
+        """What a sync depends on: podCIDR, our annotations (and our own condition)."""
+        if node is None:
+            return ()
+        md = node.get("metadata") or {}
+        ann = sorted(
+            (k, v)
+            for k, v in (md.get("annotations") or {}).items()
+            if k.startswith(ANNOTATION_PREFIX)
+        )
+        own = md.get("name") == self.cfg.node_name and condition_set(node)
+        return ((node.get("spec") or {}).get("podCIDR"), tuple(ann), own)
+
     def _on_event(self, etype: str, new: dict | None, old: dict | None) -> None:
-        self._wake.set()
+        # kubelet heartbeats (status-only updates) do not wake a sync
+        if etype != "MODIFIED" or self._relevant(new) != self._relevant(old):
+            self._wake.set()
 
     def _own(self) -> dict | None:
         return self.informer.store.get(self.cfg.node_name)
