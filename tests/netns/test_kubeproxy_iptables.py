@@ -1,4 +1,4 @@
-"""kube-proxy iptables mode with real packets: what a user of a Service sees.
+"""kube-proxy iptables mode (and, parametrized, nftables mode) with real packets: what a user of a Service sees.
 
 A small topology of its own (prefix "kpt", underlay 172.30.5.0/24): a fabric namespace
 with a bridge, the host joined to it by a veth (172.30.5.1, where the API server stub
@@ -117,8 +117,9 @@ def stop(p: subprocess.Popen) -> None:
 
 
 class Cluster:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, mode: str = "iptables"):
         self.tmp = tmp
+        self.mode = mode  # the --proxy-mode under test (the module runs once per mode)
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
         self.url = f"http://{HOST_IP}:{self.port}"
@@ -152,7 +153,7 @@ class Cluster:
         nip = NODES[node][0]
         self.procs[f"kp-{node}"] = spawn(
             [PY, "-m", "kubeproxy", "--master", self.url, "--hostname-override", node,
-             "--proxy-mode", "iptables", "--cluster-cidr", "10.244.0.0/16", "--min-sync-period", "0s",
+             "--proxy-mode", self.mode, "--cluster-cidr", "10.244.0.0/16", "--min-sync-period", "0s",
              "--sync-period", "2s", "--metrics-bind-address", f"{nip}:10249",
              "--healthz-bind-address", f"{nip}:10256", "--log-level", "DEBUG", *extra],
             f"{P}-{node}", log=self.tmp / f"kubeproxy-{node}.log",
@@ -206,11 +207,11 @@ def who(frm: str, url: str, **kw) -> str:
     return r.stdout.split()[0].removeprefix("pod=") if r.returncode == 0 and r.stdout else ""
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+@pytest.fixture(scope="module", params=["iptables", "nftables"])
+def cluster(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kpt")
     build()
-    c = Cluster(tmp)
+    c = Cluster(tmp, request.param)
     try:
         c.start()
         yield c
@@ -342,9 +343,13 @@ def test_rules_removed_by_hand_come_back(cluster):
     cluster.endpoints("repair", ["p1a"], HTTP_EP)
     url = f"http://{svc['spec']['clusterIP']}:80/"
     wait_for(lambda: who("p1b", url), 10, "service")
-    sh("iptables-legacy", "-t", "nat", "-F", "KUBE-SERVICES", ns=f"{P}-n1")
-    sh("iptables-legacy", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment",
-       "kubernetes service portals", "-j", "KUBE-SERVICES", ns=f"{P}-n1")
+    if cluster.mode == "nftables":
+        sh("nft", "flush", "chain", "ip", "kube-proxy", "services", ns=f"{P}-n1")
+        sh("nft", "flush", "chain", "ip", "kube-proxy", "nat-prerouting", ns=f"{P}-n1")
+    else:
+        sh("iptables-legacy", "-t", "nat", "-F", "KUBE-SERVICES", ns=f"{P}-n1")
+        sh("iptables-legacy", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment",
+           "kubernetes service portals", "-j", "KUBE-SERVICES", ns=f"{P}-n1")
     assert who("p1b", url, timeout=0.5) == ""
     wait_for(lambda: who("p1b", url, timeout=0.5) == "p1a", 10, "the periodic resync to repair the rules", interval=0.3)
 
@@ -360,20 +365,23 @@ def test_metrics_and_healthz(cluster):
 
 def test_restart_with_same_state_changes_nothing_and_cleanup_removes_all(cluster):
     ns = f"{P}-n2"
-    before = sh("iptables-legacy-save", ns=ns).stdout
+    dump = ["nft", "list", "table", "ip", "kube-proxy"] if cluster.mode == "nftables" else ["iptables-legacy-save"]
+    before = sh(*dump, ns=ns).stdout
     stop(cluster.procs.pop("kp-n2"))
     cluster.start_proxy("n2")
     time.sleep(3)
-    after = sh("iptables-legacy-save", ns=ns).stdout
+    after = sh(*dump, ns=ns).stdout
     assert _norm(before) == _norm(after)
     stop(cluster.procs.pop("kp-n2"))
     sh(PY, "-m", "kubeproxy", "--cleanup", ns=ns, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     for tool in ("iptables-legacy-save", "iptables-nft-save"):
         out = sh(tool, ns=ns, check=False).stdout
         assert "KUBE-" not in out, out
+    assert "kube-proxy" not in sh("nft", "list", "tables", ns=ns).stdout
 
 
 def _norm(saved: str) -> str:
     """iptables-save output without comments and counters."""
     lines = [ln for ln in saved.splitlines() if not ln.startswith("#")]
-    return re.sub(r"\[\d+:\d+\]", "", "\n".join(lines))
+    text = re.sub(r" expires [0-9hms]+", "", "\n".join(lines))  # nft: affinity entries' timers
+    return re.sub(r"\[\d+:\d+\]", "", text)
