@@ -1,0 +1,525 @@
+"""The data path of userspace mode: listening sockets, endpoint choice with connect
+failover, a zero-copy TCP relay and UDP sessions. Runs on the process's asyncio loop
+(uvloop when the process uses it) through readiness callbacks only: no thread and no task
+per connection, so thousands of connections cost a few objects and file descriptors each.
+
+TCP: the listener accepts in batches; for each client we connect (non-blocking) to an
+endpoint from the load balancer, trying up to 4 endpoints with kube-proxy's dial timeouts
+(250 ms, 500 ms, 1 s, 2 s); if none answers the client is closed. Then each direction moves
+bytes socket -> pipe -> socket with os.splice (the payload never enters Python), reading
+only while the pipe is empty, so a slow reader back-pressures its writer. A FIN is passed on
+as shutdown(SHUT_WR) once the pipe is drained; an error aborts both sides with RST.
+
+UDP: one connected backend socket per client address; replies are sent back from the
+service socket (so conntrack maps them back to the ClusterIP). A session is closed after
+``udp_timeout`` without traffic in either direction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import random
+import resource
+import socket
+import struct
+from collections.abc import Hashable
+
+from .loadbalancer import Addr, LoadBalancer
+
+log = logging.getLogger("kubeproxy")
+
+DIAL_TIMEOUTS = (0.25, 0.5, 1.0, 2.0)  # kube-proxy's EndpointDialTimeouts
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
+SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+ACCEPT_BATCH = 128
+UDP_BATCH = 64
+UDP_BUF = 65535
+LINGER_RST = struct.pack("ii", 1, 0)
+_SOL_TCP, _NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
+_STREAM_NB = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_EMFILE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def raise_nofile_limit() -> int:
+    """Lift the soft file-descriptor limit to the hard one (each TCP relay holds 6 fds)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def somaxconn() -> int:
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return max(int(f.read()), 128)
+    except (OSError, ValueError):
+        return 4096
+
+
+class PortAllocator:
+    """Ports for listeners: from ``--proxy-port-range`` ("FROM-TO", "FROM+N") or ephemeral."""
+
+    def __init__(self, spec: str = "") -> None:
+        self.lo = self.hi = 0
+        spec = spec.strip()
+        if spec:
+            if "+" in spec:
+                a, n = spec.split("+", 1)
+                self.lo, self.hi = int(a), int(a) + int(n)
+            else:
+                a, _, b = spec.partition("-")
+                self.lo, self.hi = int(a), int(b or a)
+            if not (0 < self.lo <= self.hi < 65536):
+                raise ValueError(
+                    f"invalid --proxy-port-range {spec!r} (use FROM-TO, e.g. 30000-30999)"
+                )
+        self.used: set[tuple[str, int]] = set()
+
+    def bind(self, proto: str, listen_ip: str) -> socket.socket:
+        """A bound socket on a free port of the range (or an ephemeral one)."""
+        kind = socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM
+        if not self.lo:
+            return _bound(kind, listen_ip, 0)
+        n = self.hi - self.lo + 1
+        start = random.randrange(n)
+        for i in range(n):
+            port = self.lo + (start + i) % n
+            if (proto, port) in self.used:
+                continue
+            try:
+                s = _bound(kind, listen_ip, port)
+            except OSError:
+                continue
+            self.used.add((proto, port))
+            return s
+        raise OSError(
+            errno.EADDRINUSE, f"no free {proto} port in --proxy-port-range {self.lo}-{self.hi}"
+        )
+
+    def release(self, proto: str, port: int) -> None:
+        self.used.discard((proto, port))
+
+
+def _bound(kind: int, ip: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, kind)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((ip, port))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+class PipePool:
+    """Reusable empty pipes, so a new connection costs no pipe2/fcntl syscalls."""
+
+    def __init__(self, keep: int = 1024) -> None:
+        self.keep = keep
+        self.free: list[tuple[int, int]] = []
+
+    def get(self) -> tuple[int, int]:
+        if self.free:
+            return self.free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass
+        return r, w
+
+    def put(self, r: int, w: int, empty: bool) -> None:
+        if empty and len(self.free) < self.keep:
+            self.free.append((r, w))
+        else:
+            os.close(r)
+            os.close(w)
+
+    def close(self) -> None:
+        for r, w in self.free:
+            os.close(r)
+            os.close(w)
+        self.free.clear()
+
+
+class _Direction:
+    """One way of a TCP relay: src socket -> pipe -> dst socket."""
+
+    __slots__ = ("relay", "loop", "src", "dst", "dst_sock", "r", "w", "pending", "done")
+
+    def __init__(
+        self, relay: Relay, src: int, dst: int, dst_sock: socket.socket, pipe: tuple[int, int]
+    ):
+        self.relay = relay
+        self.loop = relay.loop
+        self.src = src
+        self.dst = dst
+        self.dst_sock = dst_sock
+        self.r, self.w = pipe
+        self.pending = 0
+        self.done = False
+
+    def on_readable(self) -> None:
+        try:
+            n = os.splice(self.src, self.w, PIPE_SIZE, flags=SPLICE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.relay.abort()
+            return
+        if n == 0:
+            self.loop.remove_reader(self.src)
+            self.finish()
+            return
+        r, dst = self.r, self.dst
+        try:
+            while n:
+                n -= os.splice(r, dst, n, flags=SPLICE)
+        except BlockingIOError:
+            self.pending = n
+            self.loop.remove_reader(self.src)
+            self.loop.add_writer(dst, self.on_writable)
+        except OSError:
+            self.relay.abort()
+
+    def on_writable(self) -> None:
+        n, r, dst = self.pending, self.r, self.dst
+        try:
+            while n:
+                n -= os.splice(r, dst, n, flags=SPLICE)
+        except BlockingIOError:
+            self.pending = n
+            return
+        except OSError:
+            self.relay.abort()
+            return
+        self.pending = 0
+        self.loop.remove_writer(dst)
+        self.loop.add_reader(self.src, self.on_readable)
+
+    def finish(self) -> None:
+        """EOF from src with the pipe empty: pass the FIN on."""
+        self.done = True
+        try:
+            self.dst_sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.relay.half_closed()
+
+
+class Relay:
+    """An established client <-> endpoint TCP connection."""
+
+    __slots__ = ("loop", "client", "backend", "up", "down", "owner", "endpoint", "closed")
+
+    def __init__(
+        self, owner: TCPProxy, client: socket.socket, backend: socket.socket, endpoint: Addr
+    ):
+        self.loop = owner.loop
+        self.owner = owner
+        self.client = client
+        self.backend = backend
+        self.endpoint = endpoint
+        self.closed = False
+        cfd, bfd = client.fileno(), backend.fileno()
+        pool = owner.pipes
+        self.up = _Direction(self, cfd, bfd, backend, pool.get())
+        self.down = _Direction(self, bfd, cfd, client, pool.get())
+        owner.relays.add(self)
+        self.loop.add_reader(cfd, self.up.on_readable)
+        self.loop.add_reader(bfd, self.down.on_readable)
+
+    def half_closed(self) -> None:
+        if self.up.done and self.down.done:
+            self.close()
+
+    def abort(self) -> None:
+        for s in (self.client, self.backend):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            except OSError:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        loop, pool = self.loop, self.owner.pipes
+        for d in (self.up, self.down):
+            loop.remove_reader(d.src)
+            loop.remove_writer(d.dst)
+        self.client.close()
+        self.backend.close()
+        for d in (self.up, self.down):
+            pool.put(d.r, d.w, d.pending == 0)
+        self.owner.relays.discard(self)
+
+
+class _Dial:
+    """Connect to an endpoint for one accepted client, failing over like kube-proxy."""
+
+    __slots__ = ("owner", "client", "client_ip", "attempt", "sock", "timer", "endpoint")
+
+    def __init__(self, owner: TCPProxy, client: socket.socket, client_ip: str):
+        self.owner = owner
+        self.client = client
+        self.client_ip = client_ip
+        self.attempt = 0
+        self.sock: socket.socket | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.endpoint: Addr | None = None
+
+    def next(self) -> None:
+        owner = self.owner
+        while self.attempt < len(DIAL_TIMEOUTS):
+            ep = owner.lb.next_endpoint(owner.key, self.client_ip, self.attempt > 0)
+            if ep is None:
+                log.debug("%s: no endpoints; closing client %s", owner.key, self.client_ip)
+                break
+            timeout = DIAL_TIMEOUTS[self.attempt]
+            self.attempt += 1
+            try:
+                s = socket.socket(socket.AF_INET, _STREAM_NB)
+            except OSError as e:
+                log.warning("%s: cannot open a socket to %s:%d: %s", owner.key, *ep, e)
+                break
+            s.setsockopt(_SOL_TCP, _NODELAY, 1)
+            err = s.connect_ex(ep)
+            if err == errno.EINPROGRESS:
+                self.sock, self.endpoint = s, ep
+                owner.pending.add(self)
+                owner.loop.add_writer(s.fileno(), self.on_connected)
+                self.timer = owner.loop.call_later(timeout, self.on_timeout)
+                return
+            if err == 0:
+                Relay(owner, self.client, s, ep)
+                return
+            s.close()
+            log.info("%s: endpoint %s:%d failed: %s", owner.key, *ep, os.strerror(err))
+        owner.stats_failed += 1
+        self.client.close()
+
+    def on_connected(self) -> None:
+        s, owner = self.sock, self.owner
+        assert s is not None and self.endpoint is not None
+        owner.loop.remove_writer(s.fileno())
+        if self.timer is not None:
+            self.timer.cancel()
+        owner.pending.discard(self)
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            s.close()
+            log.info("%s: endpoint %s:%d failed: %s", owner.key, *self.endpoint, os.strerror(err))
+            self.next()
+            return
+        Relay(owner, self.client, s, self.endpoint)
+
+    def on_timeout(self) -> None:
+        s, owner = self.sock, self.owner
+        assert s is not None and self.endpoint is not None
+        owner.loop.remove_writer(s.fileno())
+        owner.pending.discard(self)
+        s.close()
+        log.info(
+            "%s: endpoint %s:%d did not answer in %.2fs",
+            owner.key,
+            *self.endpoint,
+            DIAL_TIMEOUTS[self.attempt - 1],
+        )
+        self.next()
+
+    def cancel(self) -> None:
+        if self.sock is not None:
+            self.owner.loop.remove_writer(self.sock.fileno())
+            self.sock.close()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.client.close()
+
+
+class TCPProxy:
+    """One service port over TCP: a listener; relays outlive it (see ``close``)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        key: Hashable,
+        lb: LoadBalancer,
+        sock: socket.socket,
+        pipes: PipePool,
+    ) -> None:
+        self.loop = loop
+        self.key = key
+        self.lb = lb
+        self.pipes = pipes
+        self.relays: set[Relay] = set()
+        self.pending: set[_Dial] = set()
+        self.stats_failed = 0
+        self.sock = sock
+        sock.setsockopt(_SOL_TCP, _NODELAY, 1)  # inherited by accepted sockets
+        sock.listen(somaxconn())
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self.fd = sock.fileno()
+        loop.add_reader(self.fd, self.on_accept)
+
+    def on_accept(self) -> None:
+        accept = self.sock.accept
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client, addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in _EMFILE:
+                    log.warning("%s: accept failed (%s); pausing accepts for 100ms", self.key, e)
+                    self.loop.remove_reader(self.fd)
+                    self.loop.call_later(0.1, self._resume)
+                    return
+                continue
+            client.setblocking(False)
+            _Dial(self, client, addr[0]).next()
+
+    def _resume(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.add_reader(self.fd, self.on_accept)
+
+    def close(self, drop_connections: bool = False) -> None:
+        """Stop listening; established relays go on unless ``drop_connections``."""
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.fd)
+            self.sock.close()
+        for d in list(self.pending):
+            d.cancel()
+        self.pending.clear()
+        if drop_connections:
+            for r in list(self.relays):
+                r.close()
+
+
+class _UDPSession:
+    __slots__ = ("owner", "client", "sock", "fd", "endpoint", "last", "timer")
+
+    def __init__(
+        self, owner: UDPProxy, client: tuple[str, int], sock: socket.socket, endpoint: Addr
+    ):
+        self.owner = owner
+        self.client = client
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.endpoint = endpoint
+        self.last = owner.loop.time()
+        self.timer = owner.loop.call_later(owner.timeout, self.on_timer)
+        owner.loop.add_reader(self.fd, self.on_reply)
+
+    def on_reply(self) -> None:
+        recv, sendto, client = self.sock.recv, self.owner.sock.sendto, self.client
+        for _ in range(UDP_BATCH):
+            try:
+                data = recv(UDP_BUF)
+            except BlockingIOError:
+                break
+            except OSError:  # ICMP unreachable from the endpoint, surfaced on recv
+                break
+            try:
+                sendto(data, client)
+            except OSError:
+                pass
+        self.last = self.owner.loop.time()
+
+    def on_timer(self) -> None:
+        loop = self.owner.loop
+        idle = loop.time() - self.last
+        if idle >= self.owner.timeout:
+            self.close()
+        else:
+            self.timer = loop.call_later(self.owner.timeout - idle, self.on_timer)
+
+    def close(self) -> None:
+        self.timer.cancel()
+        self.owner.loop.remove_reader(self.fd)
+        self.sock.close()
+        self.owner.sessions.pop(self.client, None)
+
+
+class UDPProxy:
+    """One service port over UDP: the service socket and a session per client address."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        key: Hashable,
+        lb: LoadBalancer,
+        sock: socket.socket,
+        timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.key = key
+        self.lb = lb
+        self.timeout = max(timeout, 0.001)
+        self.sessions: dict[tuple[str, int], _UDPSession] = {}
+        self.sock = sock
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 1 << 20)
+            except OSError:
+                pass
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self.fd = sock.fileno()
+        loop.add_reader(self.fd, self.on_packet)
+
+    def on_packet(self) -> None:
+        recvfrom, sessions = self.sock.recvfrom, self.sessions
+        for _ in range(UDP_BATCH):
+            try:
+                data, client = recvfrom(UDP_BUF)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue
+            sess = sessions.get(client)
+            if sess is None:
+                sess = self._new_session(client)
+                if sess is None:
+                    continue
+            else:
+                sess.last = self.loop.time()
+            try:
+                sess.sock.send(data)
+            except OSError:  # full buffer or a previous ICMP error: UDP may drop
+                pass
+
+    def _new_session(self, client: tuple[str, int]) -> _UDPSession | None:
+        ep = self.lb.next_endpoint(self.key, client[0])
+        if ep is None:
+            log.debug("%s: no endpoints; dropping datagram from %s", self.key, client[0])
+            return None
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            s.connect(ep)
+        except OSError as e:
+            s.close()
+            log.info("%s: endpoint %s:%d failed: %s", self.key, *ep, e)
+            return None
+        sess = self.sessions[client] = _UDPSession(self, client, s, ep)
+        return sess
+
+    def prune(self, endpoints: set[Addr]) -> None:
+        """Close sessions to endpoints that are gone (their clients get a new one)."""
+        for sess in [s for s in self.sessions.values() if s.endpoint not in endpoints]:
+            sess.close()
+
+    def close(self, drop_connections: bool = True) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.fd)
+            self.sock.close()
+        if drop_connections:
+            for sess in list(self.sessions.values()):
+                sess.close()
