@@ -339,7 +339,9 @@ def main(
     )
     for col in ("run", "queries/s", "x bare loop", "p50 ms", "p99 ms", "avg ms", "lost", "rcodes"):
         table.add_column(col, justify="left" if col in ("run", "rcodes") else "right")
-    for k in ("internal", "nxdomain", "forwarded", "baseline_1proc", f"baseline_{workers}proc"):
+    for k in dict.fromkeys(
+        ("internal", "nxdomain", "forwarded", "baseline_1proc", f"baseline_{workers}proc")
+    ):
         r = results.get(k)
         if not r:
             continue
