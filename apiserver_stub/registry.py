@@ -114,6 +114,8 @@ class Registry:
         self, res: Resource, obj: dict[str, Any], fv: str, warnings: list[str] | None
     ) -> None:
         """fieldValidation: Strict rejects unknown fields; Warn/Ignore drop them (Warn says so)."""
+        if fv == "Skip":  # internal writers (controllers) build well-formed objects
+            return
         unknown = schema.unknown_fields(res.kind, obj)
         if not unknown:
             return

@@ -736,8 +736,20 @@ for _kind, _name in list(KIND_SCHEMA.items()):
 _ = MERGE_KEYS
 
 
+_RESOLVED: dict[int, Schema] = {}
+
+
 def resolve(sch: Schema) -> Schema:
-    """Follow allOf/$ref to the named schema."""
+    """Follow allOf/$ref to the named schema (memoized: schemas never change)."""
+    hit = _RESOLVED.get(id(sch))
+    if hit is not None:
+        return hit
+    out = _resolve(sch)
+    _RESOLVED[id(sch)] = out
+    return out
+
+
+def _resolve(sch: Schema) -> Schema:
     while True:
         if "allOf" in sch and sch["allOf"]:
             sch = sch["allOf"][0]

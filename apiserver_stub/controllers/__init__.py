@@ -273,7 +273,7 @@ class Controllers:
                 body["metadata"]["labels"] = labels
             if subsets:
                 body["subsets"] = subsets
-            self._write(self.registry.create, ENDPOINTS, body, ns)
+            self._write(self.registry.create, ENDPOINTS, body, ns, False, "Skip")
         elif (current_ep.obj.get("subsets") or []) != subsets or (
             current_ep.obj["metadata"].get("labels") or {}
         ) != labels:
@@ -286,7 +286,7 @@ class Controllers:
                 obj["subsets"] = subsets
             else:
                 obj.pop("subsets", None)
-            self._write(self.registry.update, ENDPOINTS, ns, name, obj)
+            self._write(self.registry.update, ENDPOINTS, ns, name, obj, None, False, "Skip")
         # EndpointSlices
         want = desired_slices(svc, pods)
         existing = sorted(slices.items())
@@ -311,7 +311,7 @@ class Controllers:
                 o["addressType"] = body["addressType"]
                 o["endpoints"] = body["endpoints"]
                 o["ports"] = body["ports"]
-                self._write(self.registry.update, ENDPOINTSLICES, ns, sname, o)
+                self._write(self.registry.update, ENDPOINTSLICES, ns, sname, o, None, False, "Skip")
             else:
                 o = {
                     "metadata": {
@@ -324,6 +324,6 @@ class Controllers:
                     "endpoints": body["endpoints"],
                     "ports": body["ports"],
                 }
-                self._write(self.registry.create, ENDPOINTSLICES, o, ns)
+                self._write(self.registry.create, ENDPOINTSLICES, o, ns, False, "Skip")
         for sname, _ in existing[len(want) :]:
             self._write(self.registry.delete, ENDPOINTSLICES, ns, sname)
