@@ -194,7 +194,7 @@ async def _run(base: str, n: int, concurrency: int) -> dict[str, Any]:
             "pods_table": [],
         }
         paths = {
-            "services": (f"/api/v1/services", {}),
+            "services": ("/api/v1/services", {}),
             "endpoints": (f"/api/v1/namespaces/{NS}/endpoints", {}),
             "endpointslices": ("/apis/discovery.k8s.io/v1/endpointslices", {}),
             "pods_table": (
