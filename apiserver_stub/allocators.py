@@ -194,7 +194,7 @@ class ServiceAllocations:
                         Cause(
                             "spec.clusterIPs[0]",
                             "FieldValueInvalid",
-                            'Invalid value: []string{"%s"}: may not change once set' % req,
+                            f'Invalid value: []string{{"{req}"}}: may not change once set',
                         )
                     )
                 req = old_spec.get("clusterIP")

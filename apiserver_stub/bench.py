@@ -181,7 +181,6 @@ async def _run(base: str, n: int, concurrency: int) -> dict[str, Any]:
         deadline = time.monotonic() + 120
         while (len(svc_seen) < n or len(ep_seen) < n) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        t_settle = time.monotonic()
         stop.set()
         w1.cancel()
         w2.cancel()
