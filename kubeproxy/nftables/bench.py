@@ -53,19 +53,16 @@ PROBE = ServicePortName("zz-probe", "probe", "http", "TCP")
 CLONE_NEWNET = 0x40000000
 console = Console(width=170)
 
-SERVER = (
-    r"""
+SERVER = r"""
 import asyncio, socket
 async def handle(r, w):
     w.write(w.get_extra_info("sockname")[0].encode()); await w.drain(); w.close()
 async def main():
-    s = await asyncio.start_server(handle, "0.0.0.0", %d, backlog=4096, reuse_address=True)
+    s = await asyncio.start_server(handle, "0.0.0.0", TARGET_PORT, backlog=4096, reuse_address=True)
     print("ready", flush=True)
     await s.serve_forever()
 asyncio.run(main())
-"""
-    % TARGET
-)
+""".replace("TARGET_PORT", str(TARGET))
 
 
 def sh(*argv: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:

@@ -459,21 +459,22 @@ class Renderer:
     ) -> TableState:
         if self._base is None or self._base[0] != ctx:
             self._base = (ctx, render_base(ctx))
+        ctx = self._base[0]  # an equal context is the same object: identity checks below
         old = self._cache
+        get = old.get
         new: dict = {}
         changed: set[ServicePortName] = set()
         out: dict[ServicePortName, ServiceFragment] = {}
         for spn, svc in services.items():
+            eps = endpoints.get(spn, ())
+            hit = get(spn)
+            if hit is not None and hit[0] is svc and hit[1] is eps and hit[2] is ctx:
+                new[spn] = hit  # the hot path at scale: nothing about this port changed
+                out[spn] = hit[3]
+                continue
             if not svc.cluster_ip:
                 continue
-            eps = endpoints.get(spn, ())
-            hit = old.get(spn)
-            if (
-                hit is not None
-                and (hit[0] is svc or hit[0] == svc)
-                and (hit[1] is eps or hit[1] == eps)
-                and (hit[2] is ctx or hit[2] == ctx)
-            ):
+            if hit is not None and hit[0] == svc and hit[1] == eps and hit[2] == ctx:
                 frag = hit[3]
             else:
                 frag = render_service(svc, eps, ctx)
