@@ -1,6 +1,7 @@
 """Run UserspaceProxier without an API server, from a JSON file (tests and the benchmark).
 
-    python -m kubeproxy.userspace.harness --spec FILE --node-ip IP [--proxy-port-range A-B]
+    python -m kubeproxy.userspace.harness --spec FILE --node-ip IP [--mode userspace|iptables]
+        [--proxy-port-range A-B]
         [--udp-timeout 0.25] [--ready-file F]
 
 FILE: {"services": [{"namespace": "ns", "name": "svc", "port_name": "", "protocol": "TCP",
@@ -56,7 +57,12 @@ def load_spec(path: str) -> tuple[dict, dict]:
 
 
 async def _main(spec: str, config: ProxyConfig, node_ip: str, ready_file: str) -> None:
-    proxier = UserspaceProxier(config, node_ip=node_ip)
+    if config.proxy_mode == "userspace":
+        proxier = UserspaceProxier(config, node_ip=node_ip)
+    else:  # another mode, for comparisons (kubeproxy.bench-style runs without an API)
+        from ..proxier import make_proxier
+
+        proxier = make_proxier(config)
     await proxier.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -84,6 +90,7 @@ async def _main(spec: str, config: ProxyConfig, node_ip: str, ready_file: str) -
 
 @click.command()
 @click.option("--spec", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--mode", default="userspace", type=click.Choice(["userspace", "iptables"]))
 @click.option("--node-ip", default="")
 @click.option("--proxy-port-range", default="")
 @click.option("--udp-timeout", default=0.25, type=float)
@@ -91,6 +98,7 @@ async def _main(spec: str, config: ProxyConfig, node_ip: str, ready_file: str) -
 @click.option("-v", "--verbose", is_flag=True)
 def main(
     spec: str,
+    mode: str,
     node_ip: str,
     proxy_port_range: str,
     udp_timeout: float,
@@ -102,7 +110,11 @@ def main(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     config = ProxyConfig(
-        proxy_mode="userspace", proxy_port_range=proxy_port_range, udp_timeout=udp_timeout
+        proxy_mode=mode,
+        proxy_port_range=proxy_port_range,
+        udp_timeout=udp_timeout,
+        masquerade_all=True,  # iptables mode: replies of same-bridge pods come back via the node
+        min_sync_period=0.0,
     )
     try:
         import uvloop

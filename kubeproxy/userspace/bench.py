@@ -1,0 +1,272 @@
+"""Benchmark: direct pod IP vs userspace mode (vs iptables mode) on one namespace node.
+
+    python -m kubeproxy.userspace.bench [--reps 3] [--duration 5] [--connections 50]
+                                         [--json out.json] [--modes direct,userspace,iptables]
+
+Topology (prefix "ust-b", 172.30.6.128/25): client pod, server pod (Debian nginx with one
+worker, iperf3 -s), both behind the node's bridge; the proxy runs in the node namespace
+(kubeproxy.userspace.harness). Every mode is measured in every repetition, interleaved, and
+the table shows medians and ratios to direct from the same run:
+- iperf3 bulk TCP throughput (one stream)
+- wrk keep-alive requests/s and latency p50/p99
+- wrk one-connection-per-request (``Connection: close``) requests/s and p50/p99
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .topo import VENV_PY, Node, wait_file, wait_port
+
+CIDR = "172.30.6.128/25"
+SERVICE_IPS = {"userspace": "10.96.6.200", "iptables": "10.96.6.201"}
+
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  keepalive_requests 1000000;
+  server {{ listen {ip}:80 backlog=4096 reuseport; location / {{ return 200 "pod=server\\n"; }} }}
+}}
+"""
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50_ms": _ms(p50.group(1)) if p50 else float("nan"),
+        "p99_ms": _ms(p99.group(1)) if p99 else float("nan"),
+        "errors": (errors.group(1) if errors else "")
+        + (f" non2xx={non2xx.group(1)}" if non2xx else ""),
+    }
+
+
+class Bench:
+    def __init__(self, duration: int, connections: int, modes: list[str], tmp: str):
+        self.node = Node("ust-b", CIDR)
+        self.duration = duration
+        self.connections = connections
+        self.modes = modes
+        self.tmp = tmp
+
+    def up(self) -> None:
+        n = self.node
+        n.up(2)
+        n.exec(n.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        server = n.pod_ns(1)
+        d = os.path.join(self.tmp, "nginx")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write(NGINX_CONF.format(d=d, ip=n.pod_ip(1)))
+        n.spawn(server, "nginx", "-c", os.path.join(d, "nginx.conf"), "-p", d)
+        n.spawn(server, "iperf3", "-s", "-p", "5201")
+        wait_port(n, server, n.pod_ip(1), 80)
+        wait_port(n, server, n.pod_ip(1), 5201)
+        for mode in self.modes:
+            if mode == "direct":
+                continue
+            ip = SERVICE_IPS[mode]
+            spec = os.path.join(self.tmp, f"{mode}.json")
+            ready = os.path.join(self.tmp, f"{mode}.ready")
+            with open(spec, "w") as f:
+                json.dump(
+                    {
+                        "services": [
+                            {
+                                "name": f"bench-{mode}",
+                                "port_name": "http",
+                                "protocol": "TCP",
+                                "cluster_ip": ip,
+                                "port": 80,
+                                "endpoints": [[n.pod_ip(1), 80]],
+                            },
+                            {
+                                "name": f"bench-{mode}",
+                                "port_name": "iperf",
+                                "protocol": "TCP",
+                                "cluster_ip": ip,
+                                "port": 5201,
+                                "endpoints": [[n.pod_ip(1), 5201]],
+                            },
+                        ]
+                    },
+                    f,
+                )
+            n.spawn(
+                n.ns,
+                VENV_PY,
+                "-m",
+                "kubeproxy.userspace.harness",
+                "--mode",
+                mode,
+                "--spec",
+                spec,
+                "--node-ip",
+                n.node_ip,
+                "--ready-file",
+                ready,
+                log=os.path.join(self.tmp, f"{mode}.log"),
+            )
+            wait_file(ready, 30)
+            wait_port(n, n.pod_ns(0), ip, 80)
+
+    def target(self, mode: str) -> str:
+        return self.node.pod_ip(1) if mode == "direct" else SERVICE_IPS[mode]
+
+    def iperf(self, mode: str) -> float:
+        r = self.node.exec(
+            self.node.pod_ns(0),
+            "iperf3",
+            "-c",
+            self.target(mode),
+            "-p",
+            "5201",
+            "-t",
+            str(self.duration),
+            "-J",
+            timeout=self.duration + 30,
+        )
+        return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+    def wrk(self, mode: str, close: bool) -> dict:
+        argv = ["wrk", "-t1", f"-c{self.connections}", f"-d{self.duration}s", "--latency"]
+        if close:
+            argv += ["-H", "Connection: close"]
+        argv.append(f"http://{self.target(mode)}/")
+        r = self.node.exec(self.node.pod_ns(0), *argv, timeout=self.duration + 30)
+        return parse_wrk(r.stdout)
+
+    def down(self) -> None:
+        self.node.down()
+
+
+METRICS = [
+    ("throughput_gbps", "iperf3 Gbit/s", True),
+    ("ka_rps", "keep-alive req/s", True),
+    ("ka_p50_ms", "keep-alive p50 ms", False),
+    ("ka_p99_ms", "keep-alive p99 ms", False),
+    ("nc_rps", "new-conn req/s", True),
+    ("nc_p50_ms", "new-conn p50 ms", False),
+    ("nc_p99_ms", "new-conn p99 ms", False),
+]
+
+
+@click.command()
+@click.option("--reps", default=3, show_default=True)
+@click.option("--duration", default=5, show_default=True, help="seconds per measurement")
+@click.option("--connections", default=50, show_default=True, help="wrk connections")
+@click.option(
+    "--modes", default="", help="comma list of direct,userspace,iptables (default: all available)"
+)
+@click.option("--json", "json_path", default="", help="write results here")
+def main(reps: int, duration: int, connections: int, modes: str, json_path: str) -> None:
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (it builds network namespaces)")
+    console = Console(stderr=True)
+    wanted = [m for m in (modes or "direct,userspace,iptables").split(",") if m]
+    if "iptables" in wanted:
+        try:
+            import kubeproxy.iptables.proxier  # noqa: F401
+        except ImportError:
+            console.print("[yellow]kubeproxy.iptables not available; skipping iptables mode")
+            wanted.remove("iptables")
+    tmp = tempfile.mkdtemp(prefix="ust-bench-")
+    b = Bench(duration, connections, wanted, tmp)
+    runs: dict[str, list[dict]] = {m: [] for m in wanted}
+    try:
+        b.up()
+        for rep in range(reps):
+            for mode in wanted:
+                gbps = b.iperf(mode)
+                ka = b.wrk(mode, close=False)
+                nc = b.wrk(mode, close=True)
+                row = {
+                    "throughput_gbps": gbps,
+                    "ka_rps": ka["rps"],
+                    "ka_p50_ms": ka["p50_ms"],
+                    "ka_p99_ms": ka["p99_ms"],
+                    "nc_rps": nc["rps"],
+                    "nc_p50_ms": nc["p50_ms"],
+                    "nc_p99_ms": nc["p99_ms"],
+                    "errors": (ka["errors"] + " " + nc["errors"]).strip(),
+                }
+                runs[mode].append(row)
+                console.print(
+                    f"rep {rep + 1}/{reps} {mode:9s} "
+                    + " ".join(f"{k}={row[k]:.2f}" for k, _, _ in METRICS)
+                    + (f" errors: {row['errors']}" if row["errors"] else "")
+                )
+    finally:
+        b.down()
+    med = {
+        m: {k: statistics.median(r[k] for r in rs) for k, _, _ in METRICS}
+        for m, rs in runs.items()
+        if rs
+    }
+    ratios = {
+        m: {
+            k: (v / med["direct"][k] if med.get("direct") and med["direct"][k] else float("nan"))
+            for k, v in vals.items()
+        }
+        for m, vals in med.items()
+    }
+    table = Table(
+        title=f"kube-proxy userspace vs direct (medians of {reps}, {duration}s each, wrk -c{connections})"
+    )
+    table.add_column("metric")
+    for m in med:
+        table.add_column(m, justify="right")
+        if m != "direct":
+            table.add_column(f"{m}/direct", justify="right")
+    for k, label, _ in METRICS:
+        cells = []
+        for m in med:
+            cells.append(f"{med[m][k]:.2f}")
+            if m != "direct":
+                cells.append(f"{ratios[m][k]:.2f}")
+        table.add_row(label, *cells)
+    Console(width=max(Console().width, 120)).print(table)
+    result = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "reps": reps,
+        "duration": duration,
+        "connections": connections,
+        "runs": runs,
+        "median": med,
+        "ratio_to_direct": ratios,
+    }
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+        console.print(f"wrote {json_path}")
+
+
+if __name__ == "__main__":
+    main()
