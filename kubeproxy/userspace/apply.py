@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+from collections.abc import Callable
 
 from .render import ALL_CHAINS, JumpRule, jump_rules, quote
 
@@ -98,19 +99,48 @@ def merge(text: str, fixes: dict[str, list[str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def cleanup_text(saved: str) -> str:
+# iptables mode's chains (kube-proxy's CleanupLeftovers list), removed when userspace starts
+IPTABLES_MODE_CHAINS = (
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-FORWARD",
+    "KUBE-MARK-MASQ",
+    "KUBE-MARK-DROP",
+    "KUBE-PROXY-FIREWALL",
+    "KUBE-PROXY-CANARY",
+)
+IPTABLES_MODE_PREFIXES = (
+    "KUBE-SVC-",
+    "KUBE-SEP-",
+    "KUBE-FW-",
+    "KUBE-XLB-",
+    "KUBE-EXT-",
+    "KUBE-SVL-",
+)
+
+
+def is_ours(chain: str) -> bool:
+    return chain.startswith(OUR_PREFIXES)
+
+
+def is_iptables_mode(chain: str) -> bool:
+    return chain in IPTABLES_MODE_CHAINS or chain.startswith(IPTABLES_MODE_PREFIXES)
+
+
+def cleanup_text(saved: str, match: Callable[[str], bool] = is_ours) -> str:
+    """Restore input deleting the jumps into, and the chains named by, ``match``."""
     body: list[str] = []
     for table, lines in sorted(_tables(saved).items()):
         ours = sorted(
-            ln[1:].split()[0]
-            for ln in lines
-            if ln.startswith(":") and ln[1:].startswith(OUR_PREFIXES)
+            c for c in (ln[1:].split()[0] for ln in lines if ln.startswith(":")) if match(c)
         )
         deletes = []
         for ln in lines:
             if ln.startswith("-A "):
                 chain, target = _target(ln)
-                if chain in BUILTIN and target.startswith(OUR_PREFIXES):
+                if chain in BUILTIN and match(target):
                     deletes.append("-D" + ln[2:])
         if not ours and not deletes:
             continue
@@ -138,6 +168,19 @@ class PortalApplier:
         if full != self.last_text:
             log.debug("applied portal rules:\n%s", full)
         self.last_text = full
+
+    async def cleanup_iptables_mode(self) -> bool:
+        """Remove iptables mode's leftovers (a node switched modes without --cleanup)."""
+        try:
+            text = cleanup_text(await self.save(), is_iptables_mode)
+        except (IptablesError, OSError) as e:
+            log.info("userspace: cannot read iptables-legacy (%s)", e)
+            return False
+        if not text:
+            return False
+        await _run([RESTORE, "-w", "5", "--noflush"], text)
+        log.info("userspace: removed iptables mode's KUBE- chains left from a previous run")
+        return True
 
     async def cleanup(self) -> bool:
         """Remove all our chains and jumps; True if something was removed."""

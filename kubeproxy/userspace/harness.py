@@ -58,7 +58,7 @@ def load_spec(path: str) -> tuple[dict, dict]:
 
 async def _main(spec: str, config: ProxyConfig, node_ip: str, ready_file: str) -> None:
     if config.proxy_mode == "userspace":
-        proxier = UserspaceProxier(config, node_ip=node_ip)
+        proxier = UserspaceProxier(config, node_ip=node_ip, clean_other_modes=False)
     else:  # another mode, for comparisons (kubeproxy.bench-style runs without an API)
         from ..proxier import make_proxier
 

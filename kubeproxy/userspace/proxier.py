@@ -63,7 +63,14 @@ def detect_node_ip() -> str:
 
 
 class UserspaceProxier:
-    def __init__(self, config: ProxyConfig, node_ip: str = "", listen_ip: str = "0.0.0.0") -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        node_ip: str = "",
+        listen_ip: str = "0.0.0.0",
+        clean_other_modes: bool = True,
+    ) -> None:
+        self.clean_other_modes = clean_other_modes
         self.config = config
         self.node_ip = node_ip
         self.listen_ip = listen_ip
@@ -87,6 +94,8 @@ class UserspaceProxier:
         limit = raise_nofile_limit()
         if not self.node_ip:
             self.node_ip = detect_node_ip()
+        if self.clean_other_modes:  # like kube-proxy: a mode starts by removing the other's rules
+            await self.applier.cleanup_iptables_mode()
         if type(self.loop).__module__.split(".")[0] != "uvloop":
             log.info("userspace proxy on %s (uvloop is faster)", type(self.loop).__name__)
         log.info(

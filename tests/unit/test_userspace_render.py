@@ -124,3 +124,25 @@ COMMIT
     assert "-X KUBE-PORTALS-CONTAINER" in text and "-X KUBE-NODEPORT-NON-LOCAL" in text
     assert "KUBE-SERVICES" not in text
     assert cleanup_text("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n") == ""
+
+
+def test_start_removes_iptables_mode_leftovers_but_not_others():
+    from kubeproxy.userspace.apply import is_iptables_mode
+
+    saved = """*nat
+:PREROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-ABC - [0:0]
+:KUBE-PORTALS-CONTAINER - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A PREROUTING -j KUBE-PORTALS-CONTAINER
+-A KUBE-SERVICES -j KUBE-SVC-ABC
+COMMIT
+"""
+    text = cleanup_text(saved, is_iptables_mode)
+    assert "-X KUBE-SERVICES" in text and "-X KUBE-SVC-ABC" in text
+    assert (
+        '-D PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' in text
+    )
+    assert "PORTALS" not in text and "CANARY" not in text
