@@ -45,6 +45,7 @@ def measure(workers: int, pods_per_node: int, prefix: str, node_cidr: str) -> di
         t0 = time.monotonic()
         lab.up()
         row["up_s"] = round(time.monotonic() - t0, 2)
+        row["up_phases_s"] = dict(lab.timings)
         st = lab.state()
         row["agents"] = sorted(c for c, ok in (st.agents if st else {}).items() if ok)
         if (st.agents if st else {}).get("kubelet"):

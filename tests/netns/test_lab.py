@@ -25,7 +25,13 @@ def pod(name: str, node: str, labels: dict[str, str] | None = None) -> dict:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": labels or {"app": "t"}},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "kube-netlab/echo"}]},
+        "spec": {
+            "nodeName": node,
+            # the port makes the kubelet's default readiness wait until the server listens
+            "containers": [
+                {"name": "c", "image": "kube-netlab/echo", "ports": [{"containerPort": 8080}]}
+            ],
+        },
     }
 
 
@@ -266,3 +272,18 @@ def test_a_lab_killed_mid_up_is_fully_removed_by_down(kill_when: str, scratch_la
         )
     assert r.returncode == 0, r.stdout + r.stderr
     assert_nothing_left(prefix, before)
+
+
+def test_restart_agent_replaces_the_process_and_waits_until_healthy(lab: Lab) -> None:
+    runnable = lab.state().agents or {}
+    component = "kubeproxy" if runnable.get("kubeproxy") else "overlay"
+    if not runnable.get(component):
+        pytest.skip("no restartable agent available yet")
+    node = lab.worker_names[-1]
+    agent = ag.make_agent(lab.config, node, component)
+    before = ag.running_pid(agent)
+    lab.restart_agent(node, component)
+    after = ag.running_pid(agent)
+    assert after is not None and after != before
+    assert not cleanup.proc_alive(before)
+    assert ag.health(lab.config, agent).healthy is not False
