@@ -506,9 +506,7 @@ def demo(nodes: int, proxy_mode: str, overlay: str, node_cidr: str, prefix: str)
 @click.pass_context
 def bench(ctx: click.Context) -> None:
     """Benchmarks (lab.bench if present; lab.bench_up for lab up/down times)."""
-    import importlib.util
-
-    mod = "lab.bench" if importlib.util.find_spec("lab.bench") else "lab.bench_up"
+    mod = "lab.bench" if ag._module_exists("lab.bench") else "lab.bench_up"
     sys.exit(subprocess.run([sys.executable, "-m", mod, *ctx.args], cwd=REPO).returncode)
 
 
