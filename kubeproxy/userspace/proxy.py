@@ -185,6 +185,7 @@ class _Direction:
             self.loop.remove_reader(self.src)
             self.loop.add_writer(dst, self.on_writable)
         except OSError:
+            self.pending = n  # bytes left in the pipe: it must not go back to the pool
             self.relay.abort()
 
     def on_writable(self) -> None:
@@ -196,6 +197,7 @@ class _Direction:
             self.pending = n
             return
         except OSError:
+            self.pending = n
             self.relay.abort()
             return
         self.pending = 0
