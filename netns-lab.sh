@@ -6,8 +6,8 @@
 #   ./netns-lab.sh demo | status | down | apply -f FILE | exec POD -- CMD | curl POD URL | ...
 set -euo pipefail
 ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)"
-if [[ ! -x "$ROOT/.venv/bin/python" ]]; then
-  "$ROOT/scripts/setup.sh"
-fi
+# setup.sh is idempotent and quick when nothing is missing (it keeps stamps), so every
+# command goes through it: a fresh machine gets its packages and venv on first use.
+"$ROOT/scripts/setup.sh"
 cd "$ROOT"
 exec "$ROOT/.venv/bin/python" -m lab "$@"

@@ -55,7 +55,13 @@ mkdir -p "$STAMP_DIR"
 want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [[ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$want" ]]; then
   say "installing Python packages into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test,bench]"
+  log="$STAMP_DIR/pip.log"
+  # compat mode: a plain path entry for the repo root, so packages added later import too
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+         "$VENV/bin/python" -m pip install -q -e "$ROOT[test,bench]" --config-settings editable_mode=compat; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: pip install failed (log above, kept in $log)" >&2
+    exit 1
+  fi
   echo "$want" >"$STAMP_DIR/pip"
 fi
