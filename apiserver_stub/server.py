@@ -242,6 +242,7 @@ class ApiServer:
         await self.store.sync()
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        log.debug("shutting down: closing %d watches", len(self.streams))
         for stream in list(self.streams):
             stream.close()
 
@@ -647,9 +648,13 @@ class ApiServer:
             initial = list(stream.queue)
             stream.queue.clear()
         self.store.subscribe(t.res, stream)
-        return await serve(
-            request, self.store, stream, initial, timeout, bookmarks, self.cfg.bookmark_interval
-        )
+        self.streams.add(stream)
+        try:
+            return await serve(
+                request, self.store, stream, initial, timeout, bookmarks, self.cfg.bookmark_interval
+            )
+        finally:
+            self.streams.discard(stream)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
