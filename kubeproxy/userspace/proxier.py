@@ -93,7 +93,8 @@ class UserspaceProxier:
         self.loop = asyncio.get_running_loop()
         limit = raise_nofile_limit()
         if not self.node_ip:
-            self.node_ip = detect_node_ip()
+            # pyroute2's IPRoute runs its own event loop: not inside ours
+            self.node_ip = await asyncio.to_thread(detect_node_ip)
         if self.clean_other_modes:  # like kube-proxy: a mode starts by removing the other's rules
             await self.applier.cleanup_iptables_mode()
         if type(self.loop).__module__.split(".")[0] != "uvloop":
