@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery, openapi, tables
+from . import discovery, openapi, protobuf, tables
 from .allocators import ServiceAllocations
 from .controllers import Controllers
 from .registry import Registry
@@ -701,11 +701,7 @@ async def _raw_body(request: web.Request) -> bytes:
 
 def decode_body(ctype: str, raw: bytes) -> Any:
     if "protobuf" in ctype:
-        raise ApiError(
-            415,
-            "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
-        )
+        return protobuf.decode(raw)
     try:
         if "yaml" in ctype:
             return yaml.safe_load(raw)
@@ -729,7 +725,12 @@ async def _delete_options(request: web.Request) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     raw = await _raw_body(request)
     if raw.strip():
-        body = decode_body(request.content_type or "application/json", raw)
+        try:
+            body = decode_body(request.content_type or "application/json", raw)
+        except ApiError:
+            if "protobuf" not in (request.content_type or ""):
+                raise
+            body = None  # protobuf options we cannot read: delete with the defaults
         if isinstance(body, dict):
             opts = body
     if request.query.get("gracePeriodSeconds"):

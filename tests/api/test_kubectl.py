@@ -233,3 +233,18 @@ def _read_until(proc: subprocess.Popen[str], done, timeout: float = 15.0) -> str
             if done(buf):
                 return buf
     raise AssertionError(f"kubectl output never matched; got:\n{buf}")
+
+
+def test_kubectl_create_sends_protobuf_bodies_that_work(cluster: tuple[Api, Kubectl, Path]) -> None:
+    api, kubectl, _ = cluster
+    assert "namespace/pb created" in kubectl("create", "namespace", "pb")
+    assert "service/edge created" in kubectl(
+        "create", "service", "nodeport", "edge", "--tcp=80:8080", "--node-port=30999", "-n", "pb"
+    )
+    out = kubectl("get", "svc", "-n", "pb", "edge")
+    assert re.search(r"edge\s+NodePort\s+10\.\S+\s+<none>\s+80:30999/TCP", out), out
+    svc = api.ok(api.get("/api/v1/namespaces/pb/services/edge"))
+    assert svc["spec"]["ports"][0]["targetPort"] == 8080 and svc["spec"]["selector"] == {
+        "app": "edge"
+    }
+    assert 'namespace "pb" deleted' in kubectl("delete", "namespace", "pb")
