@@ -181,9 +181,36 @@ async def _run(base: str, n: int, concurrency: int) -> dict[str, Any]:
         deadline = time.monotonic() + 120
         while (len(svc_seen) < n or len(ep_seen) < n) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        # unloaded latency: one write at a time (labels on existing services -> MODIFIED)
+        quiet_sent: dict[str, float] = {}
+        quiet_seen: dict[str, float] = {}
+        w3_ready = asyncio.Event()
+
+        def mod_key(ev: dict[str, Any]) -> str | None:
+            if ev["type"] != "MODIFIED":
+                return None
+            return (ev["object"]["metadata"].get("labels") or {}).get("probe")
+
+        w3 = asyncio.create_task(
+            _watch(s, f"/api/v1/namespaces/{NS}/services", quiet_seen, mod_key, w3_ready, stop)
+        )
+        await w3_ready.wait()
+        for i in range(min(n, 300)):
+            probe = f"p{i}"
+            quiet_sent[probe] = time.monotonic()
+            await call(
+                "PATCH",
+                f"/api/v1/namespaces/{NS}/services/{names[i]}",
+                {"metadata": {"labels": {"probe": probe}}},
+                "application/merge-patch+json",
+            )
+            while probe not in quiet_seen and time.monotonic() - quiet_sent[probe] < 5:
+                await asyncio.sleep(0.0005)
         stop.set()
         w1.cancel()
         w2.cancel()
+        w3.cancel()
+        quiet_lat = [(quiet_seen[k] - quiet_sent[k]) * 1000 for k in quiet_sent if k in quiet_seen]
         svc_lat = [(svc_seen[k] - sent[k]) * 1000 for k in sent if k in svc_seen]
         ep_lat = [(ep_seen[k] - ready_sent[k]) * 1000 for k in ready_sent if k in ep_seen]
         lists: dict[str, list[float]] = {
@@ -228,6 +255,11 @@ async def _run(base: str, n: int, concurrency: int) -> dict[str, Any]:
                 "p50": _pct(svc_lat, 50),
                 "p99": _pct(svc_lat, 99),
                 "max": max(svc_lat, default=float("nan")),
+            },
+            "watch_unloaded_latency_ms": {
+                "p50": _pct(quiet_lat, 50),
+                "p99": _pct(quiet_lat, 99),
+                "max": max(quiet_lat, default=float("nan")),
             },
             "watch_endpoints_latency_ms": {
                 "p50": _pct(ep_lat, 50),
@@ -278,14 +310,14 @@ def main(count: int, concurrency: int, mode: str, output: str) -> None:
         ("pod status patches/s", "status_patches_per_s", "{:.0f}"),
     ]
     click.echo(
-        f"{'figure':38}"
+        f"{'figure':42}"
         + "".join(f"{m:>14}" for m in modes)
         + ("   sqlite/memory" if len(modes) == 2 else "")
     )
 
     def line(label: str, vals: list[float], fmt: str) -> None:
         ratio = f"   {vals[1] / vals[0]:.2f}x" if len(vals) == 2 and vals[0] else ""
-        click.echo(f"{label:38}" + "".join(f"{fmt.format(v):>14}" for v in vals) + ratio)
+        click.echo(f"{label:42}" + "".join(f"{fmt.format(v):>14}" for v in vals) + ratio)
 
     for label, key, fmt in rows:
         line(label, [results[m][key] for m in modes], fmt)
@@ -296,7 +328,8 @@ def main(count: int, concurrency: int, mode: str, output: str) -> None:
             "{:.1f}",
         )
     for k, label in (
-        ("watch_service_latency_ms", "watch write->watcher"),
+        ("watch_service_latency_ms", "watch write->watcher (32 in flight)"),
+        ("watch_unloaded_latency_ms", "watch write->watcher (1 at a time)"),
         ("watch_endpoints_latency_ms", "pod ready->endpoints watcher"),
     ):
         for p in ("p50", "p99"):

@@ -292,6 +292,8 @@ class Registry:
                 obj.pop("status", None)
             if res is NAMESPACES:
                 obj["spec"] = old.copy().get("spec", {})
+        if res is SERVICES and sub is None:
+            _wipe_on_type_change(obj, old.obj)
         defaults.apply(res, obj)
         causes = validation.validate(res, obj, old.obj)
         if causes:
@@ -456,6 +458,38 @@ class Registry:
         if existing is not None:
             return existing
         return self.create(res, obj, md.get("namespace", ""))
+
+
+def _wipe_on_type_change(svc: dict[str, Any], old: dict[str, Any]) -> None:
+    """Fields the API server clears when a Service changes type (as upstream does)."""
+    spec = svc.get("spec")
+    if not isinstance(spec, dict):
+        return
+    new_type = spec.get("type", "ClusterIP")
+    old_type = (old.get("spec") or {}).get("type", "ClusterIP")
+    if new_type == old_type:
+        return
+    if new_type == "ExternalName":
+        for key in (
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "sessionAffinity",
+            "sessionAffinityConfig",
+            "internalTrafficPolicy",
+            "externalTrafficPolicy",
+        ):
+            spec.pop(key, None)
+    if new_type not in ("NodePort", "LoadBalancer"):
+        spec.pop("externalTrafficPolicy", None)
+        spec.pop("healthCheckNodePort", None)
+        for p in spec.get("ports") or []:
+            if isinstance(p, dict):
+                p.pop("nodePort", None)
+    if new_type != "LoadBalancer":
+        spec.pop("allocateLoadBalancerNodePorts", None)
+        spec.pop("loadBalancerClass", None)
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
