@@ -53,6 +53,8 @@ class Params:
     dns_reps: int = 2
     ov_reps: int = 3
     ov_seconds: float = 2.0
+    dp_direct_every_phase: bool = True
+    dns_quick: bool = False
     sections: tuple[str, ...] = field(default=SECTIONS)
 
     @classmethod
@@ -60,7 +62,8 @@ class Params:
         if quick:
             base = dict(dp_reps=1, dp_seconds=1.0, dp_changes=2, cp_sizes=(100, 1000), cp_reps=1,
                         cp_probes=50, cp_changes=2, dns_services=100, dns_seconds=1.0,
-                        dns_reps=1, ov_reps=1, ov_seconds=1.0)  # fmt: skip
+                        dns_reps=1, ov_reps=1, ov_seconds=1.0,
+                        dp_direct_every_phase=False, dns_quick=True)  # fmt: skip
         else:
             base = {}
         base.update({k: v for k, v in over.items() if v is not None})
@@ -69,7 +72,7 @@ class Params:
     def steps(self, modes: list[str]) -> int:
         n = 0
         if "datapath" in self.sections:
-            n += 2 + len(modes) * (1 + self.dp_reps * 4 + self.dp_changes)
+            n += 2 + len(modes) * (1 + self.dp_reps * 2 + self.dp_changes) + 2 * self.dp_reps
         if "controlplane" in self.sections:
             n += self.cp_reps * len(modes)
         if "dns" in self.sections:
@@ -154,7 +157,8 @@ def _datapath(p: Params, modes: list[str], step: Callable[[str], None]) -> tuple
         t0 = time.monotonic()
         lab.up()
         raw["lab_up_s"] = round(time.monotonic() - t0, 2)
-        figs, raw_dp = datapath.run(lab, modes, p.dp_reps, p.dp_seconds, p.dp_changes, step)
+        figs, raw_dp = datapath.run(lab, modes, p.dp_reps, p.dp_seconds, p.dp_changes, step,
+                                    p.dp_direct_every_phase)  # fmt: skip
         raw.update(raw_dp)
         return figs, raw
     finally:
@@ -170,7 +174,7 @@ def run(
     params: Params | None = None,
 ) -> dict[str, Any]:
     """Run the bench; write bench.json, datapath.png and controlplane.png into ``out_dir``."""
-    console = console or Console()
+    console = console or Console(width=max(Console().width, 150))
     p = params or Params.for_run(quick)
     os.makedirs(out_dir, exist_ok=True)
     modes, skipped = available_modes(list(modes))
@@ -199,7 +203,8 @@ def run(
             ("controlplane", lambda: controlplane.run(
                 p.prefix, modes, list(p.cp_sizes), p.cp_reps, p.cp_probes, p.cp_changes,
                 prog.step)),
-            ("dns", lambda: dns.run(p.dns_services, p.dns_seconds, p.dns_reps, prog.step)),
+            ("dns", lambda: dns.run(p.dns_services, p.dns_seconds, p.dns_reps, prog.step,
+                                    quick=p.dns_quick)),
             ("overlay", lambda: overlay.run(f"{p.prefix}o", p.overlay_underlay, p.ov_reps,
                                             p.ov_seconds, prog.step)),
         ]  # fmt: skip
@@ -221,6 +226,7 @@ def run(
                           f"in {time.monotonic() - t0:.0f}s (load {_load()[0]})")  # fmt: skip
             result["durations_s"][name] = round(time.monotonic() - t0, 1)
     result["durations_s"]["total"] = round(time.monotonic() - t_start, 1)
+    result["timeline"] = prog.timeline
     result["machine"]["load_end"] = _load()
     fill_ratios(figures)
     empty = missing(figures)

@@ -29,9 +29,15 @@ from . import ALL_MODES, SECTIONS, Params, run
 @click.option("--sections", default=",".join(SECTIONS), show_default=True, help="Parts to run.")
 @click.option("--prefix", default="knlb", show_default=True, help="Lab prefix of the bench.")
 @click.option("--node-cidr", default="172.19.0.0/16", show_default=True)
+@click.option(
+    "--overlay-underlay",
+    default="172.19.250.0/24",
+    show_default=True,
+    help="Underlay of the overlay section's own testbed (built after the lab is down).",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def main(quick: bool, out_dir: str, modes: str, sections: str, prefix: str, node_cidr: str,
-         verbose: bool) -> None:  # fmt: skip
+         overlay_underlay: str, verbose: bool) -> None:  # fmt: skip
     """Benchmark the proxy modes side by side on one lab (root; takes its lab down at the end)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
@@ -41,7 +47,8 @@ def main(quick: bool, out_dir: str, modes: str, sections: str, prefix: str, node
     bad = set(wanted) - set(SECTIONS)
     if bad:
         raise click.BadParameter(f"unknown sections {sorted(bad)}; known: {', '.join(SECTIONS)}")
-    params = Params.for_run(quick, prefix=prefix, node_cidr=node_cidr, sections=tuple(wanted))
+    params = Params.for_run(quick, prefix=prefix, node_cidr=node_cidr, sections=tuple(wanted),
+                            overlay_underlay=overlay_underlay)  # fmt: skip
     result = run(quick, out_dir, [m for m in modes.split(",") if m], params=params)
     sys.exit(1 if result["errors"] else 0)
 

@@ -156,6 +156,8 @@ class DataPath:
         self.pod_ip: dict[str, str] = {}
         self.svc_ip: dict[str, str] = {}
         self.flip_at = "echo"
+        self.mode = lab.config.proxy_mode  # what the lab's kube-proxies run now
+        self.problems: list[dict[str, str]] = []  # failed mode switches (retried once)
 
     # -------------------------------------------------------------------------- setup
 
@@ -170,15 +172,30 @@ class DataPath:
             self.svc_ip[s] = self.lab.api.get("services", s, NS)["spec"]["clusterIP"]
 
     def switch_mode(self, mode: str) -> dict[str, Any]:
-        """Every node: stop kube-proxy, --cleanup, start it in ``mode``; what the kernel holds."""
+        """Every node: stop kube-proxy, --cleanup, start it in ``mode``; what the kernel holds.
+
+        Nothing to do for the mode the lab was built with, before any switch."""
         lab = self.lab
         kernel: dict[str, Any] = {}
-        for node in lab.node_names:
+        for node in lab.node_names if mode != self.mode else ():
             ag.stop(ag.make_agent(lab.config, node, "kubeproxy", python=lab.python))
             r = lab.node_exec(node, [lab.python, "-m", "kubeproxy", "--cleanup"], timeout=120)
             if r.returncode != 0:
                 raise LabError(f"kubeproxy --cleanup on {node} failed: {r.stderr[-500:]}")
-            lab.restart_agent(node, "kubeproxy", ["--proxy-mode", mode], timeout=60)
+            for attempt in (1, 2):  # one retry; what went wrong stays in the JSON
+                try:
+                    lab.restart_agent(node, "kubeproxy", ["--proxy-mode", mode], timeout=45)
+                    break
+                except LabError as e:
+                    path = ag.log_path(lab.prefix, node, "kubeproxy")
+                    msg = f"{e}\n--- {path}:\n{ag.log_tail(path, 40)}"
+                    self.problems.append({"node": node, "mode": mode, "error": msg})
+                    log.warning("switching %s to %s, attempt %d: %s", node, mode, attempt, msg)
+                    if attempt == 2:
+                        raise LabError(msg) from None
+                    ag.stop(ag.make_agent(lab.config, node, "kubeproxy", python=lab.python))
+                    lab.node_exec(node, [lab.python, "-m", "kubeproxy", "--cleanup"], timeout=120)
+        self.mode = mode
         for node in lab.worker_names:
             nat = lab.node_exec(node, ["iptables-legacy-save", "-t", "nat"]).stdout
             nft = lab.node_exec(node, ["nft", "list", "tables"]).stdout
@@ -294,20 +311,32 @@ def run(
     seconds: float,
     changes: int,
     step: Callable[[str], None],
+    direct_every_phase: bool = True,
 ) -> tuple[dict[str, Figure], dict[str, Any]]:
-    """Measure every mode; returns (figures, raw). ``step`` is called before each measurement."""
+    """Measure every mode; returns (figures, raw). ``step`` is called before each measurement.
+
+    ``direct_every_phase`` False (quick runs): the direct baseline only in the first phase.
+    """
     dp = DataPath(lab, seconds, reps)
     step("deploying benchmark pods")
     dp.deploy()
     samples: dict[tuple[str, str, str], list[float]] = {}
     changes_s: dict[str, list[float]] = {}
     raw: dict[str, Any] = {"pods": dp.pod_ip, "services": dp.svc_ip, "kernel": {}, "runs": []}
-    for mode in modes:
+    # the direct baseline is spread over the phases (drift hits it as it hits the modes):
+    # enough repetitions per phase that it has ``reps`` samples in all (quick: phase 1 only)
+    direct_per_phase = -(-reps // len(modes)) if direct_every_phase else 0
+    raw["switch_s"] = {}
+    for i, mode in enumerate(modes):
         step(f"switching every node to {mode}")
+        t0 = time.monotonic()
         raw["kernel"][mode] = dp.switch_mode(mode)
+        raw["switch_s"][mode] = round(time.monotonic() - t0, 2)
+        n_direct = direct_per_phase if direct_every_phase else (reps if i == 0 else 0)
         for rep in range(reps):
             for pl in PLACEMENTS:
-                for target in ("direct", mode):
+                targets = ("direct", mode) if rep < n_direct else (mode,)
+                for target in targets:
                     step(f"{mode}: {target} from {pl.replace('_', ' ')} ({rep + 1}/{reps})")
                     m = dp.measure(CLIENT[pl], target)
                     raw["runs"].append({"phase": mode, "rep": rep, "placement": pl,
@@ -323,6 +352,7 @@ def run(
         unit, better = METRICS[k]
         base = None if target == "direct" else f"datapath.{pl}.direct.{k}"
         figs[f"datapath.{pl}.{target}.{k}"] = figure(xs, unit, better, base)
+    raw["switch_problems"] = dp.problems
     base_mode = "iptables" if "iptables" in changes_s else next(iter(changes_s), None)
     for mode, xs in changes_s.items():
         base = None if mode == base_mode else f"controlplane.change_to_traffic.{base_mode}"

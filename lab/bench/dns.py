@@ -25,6 +25,14 @@ from .stats import Figure, figure
 KINDS = ("internal", "nxdomain", "forwarded")
 
 
+def measure(port: int, qfile: str, seconds: float, clients: int, outstanding: int, quick: bool):
+    """clusterdns.bench's measurement (warm-up, run, latency pass); quick: one ``-v`` run
+    giving queries/s and the latency percentiles at once."""
+    if not quick:
+        return cdb._measure(port, qfile, seconds, clients, outstanding)
+    return cdb._dnsperf(port, qfile, seconds, clients, outstanding, verbose=True)
+
+
 def run(
     services: int,
     seconds: float,
@@ -33,6 +41,7 @@ def run(
     workers: int = 1,
     clients: int = 4,
     outstanding: int = 100,
+    quick: bool = False,
 ) -> tuple[dict[str, Figure], dict[str, Any]]:
     tmp = tempfile.mkdtemp(prefix="knlb-dns-")
     internal = [f"svc{i}.{cdb.NS}.svc.cluster.local" for i in range(services)]
@@ -68,7 +77,7 @@ def run(
                 for kind in KINDS:
                     step(f"dns: dnsperf {kind} names ({rep + 1}/{reps})")
                     runs.setdefault(kind, []).append(
-                        cdb._measure(dns_port, paths[kind], seconds, clients, outstanding)
+                        measure(dns_port, paths[kind], seconds, clients, outstanding, quick)
                     )
     port = free_port()
     baseline = [py, "-m", "clusterdns.bench", "--baseline-serve", str(port),
@@ -78,7 +87,7 @@ def run(
         for rep in range(reps):
             step(f"dns: dnsperf bare-loop baseline ({rep + 1}/{reps})")
             runs.setdefault("bare_loop", []).append(
-                cdb._measure(port, paths["internal"], seconds, clients, outstanding)
+                measure(port, paths["internal"], seconds, clients, outstanding, quick)
             )
     figs: dict[str, Figure] = {}
     for kind, rs in runs.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,8 @@ class StepProgress:
         )
         self.task = self.progress.add_task("starting", total=total)
         self.started = False
+        self.t0 = time.monotonic()
+        self.timeline: list[tuple[float, str]] = []  # (seconds since start, step) for the JSON
 
     def __enter__(self) -> StepProgress:
         self.progress.start()
@@ -46,6 +49,7 @@ class StepProgress:
         self.progress.stop()
 
     def step(self, description: str) -> None:
+        self.timeline.append((round(time.monotonic() - self.t0, 1), description))
         t = self.progress.tasks[0]
         if t.total is not None and t.completed + 1 > t.total:
             self.progress.update(self.task, total=t.completed + 1)
