@@ -22,7 +22,9 @@ from collections.abc import Iterable
 
 from .render import (
     BASE_CHAINS,
+    DNAT_MAPS,
     FAMILY,
+    HAIRPIN,
     MAPS,
     NODEPORT_IPS,
     TABLE,
@@ -72,6 +74,15 @@ def full(
     for name, typ, comment in MAPS:
         out.append(f'add map {T} {name} {{ type {typ} ; comment "{comment}" ; }}\n')
         out.append(f"flush map {T} {name}\n")
+    for name, typ, comment in DNAT_MAPS:
+        out.append(f'add map {T} {name} {{ {typ} ; comment "{comment}" ; }}\n')
+        out.append(f"flush map {T} {name}\n")
+    out.append(
+        f'add set {T} {HAIRPIN} {{ type ipv4_addr . ipv4_addr ; comment "endpoint IP . same IP: hairpin traffic to masquerade" ; }}\n'
+    )
+    out.append(f"flush set {T} {HAIRPIN}\n")
+    for c in sorted(state.shared):
+        out.append(f"add chain {T} {c}\n")
     if state.base.nodeport_ips is not None:
         out.append(
             f'add set {T} {NODEPORT_IPS} {{ type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }}\n'
@@ -89,10 +100,15 @@ def full(
             out.append(f"add chain {T} {c}\n")
     for c, rules in state.base.chains:
         _rules(out, c, rules)
+    for c in sorted(state.shared):
+        _rules(out, c, state.shared[c])
     for f in frags:
         for c, rules in f.chains:
             _rules(out, c, rules)
     _elements(out, "add", (e for f in frags for e in f.elements), True)
+    if state.hairpin:
+        pairs = ", ".join(f"{ip} . {ip}" for ip in sorted(state.hairpin))
+        out.append(f"add element {T} {HAIRPIN} {{ {pairs} }}\n")
     wanted_chains = state.chain_names()
     wanted_sets = state.set_names()
     for c in sorted(set(existing_chains) - wanted_chains):
@@ -112,7 +128,7 @@ def partial(prev: TableState, new: TableState) -> str:
     old_s, new_s = prev.services, new.services
     changed = [k for k, f in new_s.items() if old_s.get(k) is not f]
     changed += [k for k in old_s if k not in new_s]
-    if not changed:
+    if not changed and prev.shared == new.shared:
         return ""
     changed.sort(key=_key)
     empty = ServiceFragment((), (), (), False)
@@ -124,11 +140,25 @@ def partial(prev: TableState, new: TableState) -> str:
     stale_chains: list[str] = []
     stale_sets: list[str] = []
     recreate: list[str] = []  # sets whose timeout changed: deleted once their users are flushed
+    hairpin_ips: set[str] = set()
+    # Shared chains (few): declared when first used, rewritten when their rules changed,
+    # deleted once no service port uses them.
+    for c, r in sorted(new.shared.items()):
+        old_rules = prev.shared.get(c)
+        if old_rules is None:
+            decl.append(f"add chain {T} {c}\n")
+            _rules(rules, c, r)
+        elif old_rules != r:
+            flush.append(f"flush chain {T} {c}\n")
+            _rules(rules, c, r)
+    stale_chains.extend(c for c in sorted(prev.shared) if c not in new.shared)
     for k in changed:
         a = old_s.get(k, empty)
         b = new_s.get(k, empty)
         if a == b:
             continue
+        hairpin_ips.update(a.hairpin)
+        hairpin_ips.update(b.hairpin)
         # Sets: a timeout cannot be changed in place, so a changed set is re-created.
         a_sets, b_sets = dict(a.sets), dict(b.sets)
         redo: list[str] = []
@@ -165,6 +195,12 @@ def partial(prev: TableState, new: TableState) -> str:
     out = decl + flush + recreate + rules
     _elements(out, "delete", del_elems, False)
     _elements(out, "add", add_elems, True)
+    gone = sorted(ip for ip in hairpin_ips if ip in prev.hairpin and ip not in new.hairpin)
+    came = sorted(ip for ip in hairpin_ips if ip not in prev.hairpin and ip in new.hairpin)
+    if gone:
+        out.append(f"delete element {T} {HAIRPIN} {{ {', '.join(f'{i} . {i}' for i in gone)} }}\n")
+    if came:
+        out.append(f"add element {T} {HAIRPIN} {{ {', '.join(f'{i} . {i}' for i in came)} }}\n")
     out.extend(f"flush chain {T} {c}\n" for c in stale_chains)
     out.extend(f"delete chain {T} {c}\n" for c in stale_chains)
     out.extend(f"delete set {T} {s}\n" for s in stale_sets)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -63,14 +64,25 @@ EXTERNAL_PREFIX = "external-"
 ENDPOINT_PREFIX = "endpoint-"
 AFFINITY_PREFIX = "affinity-"
 
-# How a service chain picks an endpoint. "vmap" is kube-proxy's own layout: one
-# ``numgen random mod N vmap { 0 : goto ..., ... }`` rule, whose anonymous map costs the
-# kernel a set per service; measured here (kernel 6.18, nft 1.0.6) a full load of 10,000
-# services then takes ~100 s (quadratic in the number of anonymous sets) against ~3 s for
-# "rules": ``numgen random mod (N-i) == 0 goto endpoint-i`` for i < N-1, then ``goto`` the
-# last one -- the same uniform choice (1/(N-i) of what is left, as iptables' statistic
-# match does) with no set at all.
-CHOICES = ("rules", "vmap")
+# How a service port picks an endpoint.
+# "maps" (default): no per-service chain at all. The verdict maps send a service address to
+# one of a few *shared* chains, one per endpoint count N ("clusterip-2", "external-3", ...),
+# whose one DNAT rule looks the endpoint up in a named data map keyed by the address and
+# ``numgen random mod N``:  ``dnat ip to ip daddr . meta l4proto . th dport . numgen random
+# mod 2 map @service-endpoints``. The hairpin case (a pod reaching itself) is masqueraded in
+# nat-postrouting from one set of "ip . ip" pairs. A table of 10,000 services then holds
+# ~20 chains instead of ~30,000, and that matters beyond the full load: nft 1.0.6 dumps
+# every chain of the ruleset into its cache before any "add rule" or "add element", so a
+# one-line change cost ~300 ms at 10,000 services; now it is a few ms. Services with
+# session affinity keep the per-service layout below (their timed sets are per endpoint).
+# "rules": kube-proxy's chains (service-/local-/external-/endpoint- per service port) with
+# ``numgen random mod (N-i) == 0 goto endpoint-i`` for i < N-1, then ``goto`` the last one
+# -- the same uniform choice (1/(N-i) of what is left, as iptables' statistic match does).
+# "vmap": kube-proxy's own rule, ``numgen random mod N vmap { 0 : goto ..., ... }``, whose
+# anonymous map costs the kernel a set per service; measured here (kernel 6.18, nft 1.0.6)
+# a full load of 10,000 services then takes ~100 s (quadratic in the number of anonymous
+# sets) against ~3 s for "rules".
+CHOICES = ("maps", "rules", "vmap")
 
 MASQ_MARK = "0x4000"  # bit 14, kube-proxy's default masquerade bit
 NAME_MAX = 256 - 16  # nft names are at most 256 bytes; our prefixes are shorter than 16
@@ -92,6 +104,42 @@ MAPS: tuple[tuple[str, str, str], ...] = (
     ),
 )
 MAP_NAMES = tuple(m[0] for m in MAPS)
+
+# "maps" layout: endpoint maps (service address . numgen index -> endpoint), the shared
+# chains that use them, and the hairpin set.
+SERVICE_ENDPOINTS = "service-endpoints"
+LOCAL_ENDPOINTS = "local-endpoints"
+NODEPORT_ENDPOINTS = "nodeport-endpoints"
+LOCAL_NODEPORT_ENDPOINTS = "local-nodeport-endpoints"
+HAIRPIN = "hairpin-endpoints"
+PROTOCOLS = ("tcp", "udp", "sctp")
+# One map per protocol: the map's value type names the protocol's port, and nft adds the
+# matching "meta l4proto" dependency to the DNAT rule that uses it. (A protocol-neutral
+# "th dport" value cannot be read back by nft 1.0.6 -- "conflicting protocols specified:
+# ip vs. th" -- so no later transaction could add a rule using such a map.)
+_MAP_KINDS: tuple[tuple[str, str, str], ...] = (
+    (SERVICE_ENDPOINTS, "addr", "endpoints of ClusterIP, ExternalIP and LoadBalancer IP"),
+    (LOCAL_ENDPOINTS, "addr", "local endpoints of ExternalIP and LoadBalancer IP"),
+    (NODEPORT_ENDPOINTS, "port", "endpoints of NodePorts"),
+    (LOCAL_NODEPORT_ENDPOINTS, "port", "local endpoints of NodePorts"),
+)
+
+
+def map_key(kind: str, proto: str) -> str:
+    """The lookup key's expressions: destination (address .) port."""
+    return f"ip daddr . {proto} dport" if kind == "addr" else f"{proto} dport"
+
+
+# (map name, its "typeof" definition, comment) for every endpoint map
+DNAT_MAPS: tuple[tuple[str, str, str], ...] = tuple(
+    (
+        f"{name}-{p}",
+        f"typeof {map_key(kind, p)} . numgen random mod 1 : ip daddr . {p} dport",
+        f"{comment} ({p})",
+    )
+    for name, kind, comment in _MAP_KINDS
+    for p in PROTOCOLS
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +223,7 @@ class NodeContext:
     nodeport_ips: tuple[str, ...] | None = None  # None = every local address (fib type local)
     localhost_nodeports: bool = False  # NodePorts also on 127.0.0.0/8 (needs route_localnet)
     conntrack_tcp_liberal: bool = False  # nf_conntrack_tcp_be_liberal set: no INVALID drop
-    endpoint_choice: str = "rules"  # "rules" (one numgen rule per endpoint) | "vmap" (see CHOICES)
+    endpoint_choice: str = "maps"  # "maps" | "rules" | "vmap" (see CHOICES)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -200,6 +248,8 @@ class ServiceFragment:
     sets: tuple[tuple[str, int], ...]  # affinity sets: (name, timeout seconds)
     elements: tuple[Element, ...]
     has_endpoints: bool
+    shared: tuple[tuple[str, tuple[str, ...]], ...] = ()  # shared chains it sends packets to
+    hairpin: tuple[str, ...] = ()  # endpoint IPs whose "ip . ip" pair is in the hairpin set
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,15 +267,20 @@ class TableState:
     base: BaseState
     services: Mapping[ServicePortName, ServiceFragment]
     changed: frozenset[ServicePortName] = field(default_factory=frozenset)  # vs previous render
+    shared: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # chain -> rules
+    hairpin: Mapping[str, int] = field(default_factory=dict)  # endpoint IP -> users
 
     def chain_names(self) -> set[str]:
         out = {c for c, _ in self.base.chains} | {b.name for b in BASE_CHAINS}
+        out.update(self.shared)
         for f in self.services.values():
             out.update(c for c, _ in f.chains)
         return out
 
     def set_names(self) -> set[str]:
         out = {NODEPORT_IPS} if self.base.nodeport_ips is not None else set()
+        out.update(m for m, _, _ in DNAT_MAPS)
+        out.add(HAIRPIN)
         for f in self.services.values():
             out.update(s for s, _ in f.sets)
         return out
@@ -259,6 +314,7 @@ def render_base(ctx: NodeContext) -> BaseState:
         (
             MASQUERADING,
             (
+                f"ct status dnat ip saddr . ip daddr @{HAIRPIN} mark set mark or {MASQ_MARK}",
                 f"mark and {MASQ_MARK} == 0 return",
                 f"mark set mark xor {MASQ_MARK}",
                 "masquerade fully-random",
@@ -283,6 +339,78 @@ def render_base(ctx: NodeContext) -> BaseState:
             )
         )
     return BaseState(tuple(chains), ips)
+
+
+# ---------------------------------------------------------------------------------------
+# The "maps" layout's shared chains: their names say everything their rules depend on
+# (besides the node context), so a name is rendered into the same rules every time.
+
+ADDR, PORT = "addr", "port"  # keyed by destination address . port / by port (NodePorts)
+# name templates: (protocol, endpoint count[, local endpoint count])
+CLUSTERIP_CHAIN = "clusterip-{}-{}"  # ClusterIP traffic: masquerade off-cluster clients, DNAT
+PICK_CHAIN = {ADDR: "pick-{}-{}", PORT: "pick-nodeport-{}-{}"}  # DNAT only
+EXT_CHAIN = {ADDR: "external-{}-{}", PORT: "external-nodeport-{}-{}"}  # cluster policy
+EXT_LOCAL_CHAIN = {ADDR: "external-local-{}-{}-{}", PORT: "external-local-nodeport-{}-{}-{}"}
+ENDPOINT_MAPS = {
+    ADDR: (SERVICE_ENDPOINTS, LOCAL_ENDPOINTS),
+    PORT: (NODEPORT_ENDPOINTS, LOCAL_NODEPORT_ENDPOINTS),
+}
+
+
+def _ext_chain(kind: str, proto: str, n: tuple[int, ...]) -> str:
+    t = EXT_CHAIN[kind] if len(n) == 1 else EXT_LOCAL_CHAIN[kind]
+    return t.format(proto, *n)
+
+
+def _dnat(kind: str, proto: str, n: int, local: bool = False) -> str:
+    m = ENDPOINT_MAPS[kind][1 if local else 0]
+    return f"dnat ip to {map_key(kind, proto)} . numgen random mod {n} map @{m}-{proto}"
+
+
+def _endpoint_elements(m: str, key: str, eps: list[Endpoint]) -> list[Element]:
+    """Map ``m``'s elements "<key> . <index> : <endpoint ip> . <port>" for one address."""
+    return [Element(m, f"{key} . {i}", f"{e.ip} . {e.port}") for i, e in enumerate(eps)]
+
+
+_SHARED = re.compile(
+    r"^(clusterip|pick|pick-nodeport|external|external-nodeport"
+    r"|external-local|external-local-nodeport)-(tcp|udp|sctp)-(\d+)(?:-(\d+))?$"
+)
+
+
+@lru_cache(maxsize=4096)
+def _shared_rules(name: str, ctx: NodeContext) -> tuple[str, ...]:
+    """The rules of shared chain ``name`` (see CHOICES): a pure function of name and context."""
+    m = _SHARED.match(name)
+    if m is None:
+        raise ValueError(f"not a shared chain: {name}")
+    what, proto, n = m.group(1), m.group(2), int(m.group(3))
+    kind = PORT if what.endswith("nodeport") else ADDR
+    dnat = (_dnat(kind, proto, n),) if n else ()
+    if what == "clusterip":
+        if ctx.masquerade_all:
+            return (f"jump {MARK_MASQ}", *dnat)
+        if ctx.cluster_cidr:
+            return (f"ip saddr != {ctx.cluster_cidr} jump {MARK_MASQ}", *dnat)
+        return dnat
+    if what.startswith("pick"):
+        return dnat
+    if m.group(4) is None:  # external, cluster policy: masquerade, any endpoint
+        return (f"jump {MARK_MASQ}", *dnat)
+    # external, local policy: pods and the node itself still reach every endpoint
+    n_local = int(m.group(4))
+    short = PICK_CHAIN[kind].format(proto, n)
+    rules = []
+    if ctx.cluster_cidr and n:
+        rules.append(
+            f'ip saddr {ctx.cluster_cidr} goto {short} comment "short-circuit pod traffic"'
+        )
+    rules.append(f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"')
+    if n:
+        rules.append(f'fib saddr type local goto {short} comment "short-circuit local traffic"')
+    if n_local:
+        rules.append(_dnat(kind, proto, n_local, local=True))
+    return tuple(rules)
 
 
 # ---------------------------------------------------------------------------------------
@@ -329,6 +457,27 @@ def render_service(
         int_verdict = "" if has_internal else "drop"
         ext_verdict = "" if has_external else "drop"
 
+    maps = ctx.endpoint_choice == "maps" and not svc.session_affinity_timeout
+    if maps:
+        # The targets of the verdict maps are shared chains named by endpoint counts.
+        int_eps = local_eps if svc.internal_local else cluster_eps
+        if ext_local:
+            if uses_cluster_chain:
+                short_eps = cluster_eps
+            elif svc.internal_local and uses_local_chain:
+                short_eps = local_eps
+            else:
+                short_eps = []
+            ext_n = (len(short_eps), len(local_eps) if uses_local_chain else 0)
+        else:
+            short_eps = cluster_eps if uses_cluster_chain else []
+            ext_n = (len(short_eps),)
+        internal_chain = CLUSTERIP_CHAIN.format(proto, len(int_eps))
+        ext_chain = _ext_chain(ADDR, proto, ext_n)
+        np_chain = _ext_chain(PORT, proto, ext_n)
+    else:
+        np_chain = ext_chain
+
     elements: list[Element] = []
     cip_key = f"{svc.cluster_ip} . {proto} . {svc.port}"
     if has_internal:
@@ -344,9 +493,41 @@ def render_service(
     if svc.node_port:
         key = f"{proto} . {svc.node_port}"
         if has_eps:
-            elements.append(Element(SERVICE_NODEPORTS, key, f"goto {ext_chain}"))
+            elements.append(Element(SERVICE_NODEPORTS, key, f"goto {np_chain}"))
         if not has_external:
             elements.append(Element(NO_ENDPOINT_NODEPORTS, key, ext_verdict, name))
+
+    if maps:
+        shared: dict[str, tuple[str, ...]] = {}
+        if has_internal:
+            shared[internal_chain] = _shared_rules(internal_chain, ctx)
+            m = f"{SERVICE_ENDPOINTS}-{proto}"
+            elements.extend(_endpoint_elements(m, f"{svc.cluster_ip} . {svc.port}", int_eps))
+        if uses_ext_chain:
+            addr_keys = [f"{x} . {svc.port}" for x in (*svc.external_ips, *svc.load_balancer_ips)]
+            for kind, keys, chain in (
+                (ADDR, addr_keys, ext_chain),
+                (PORT, [str(svc.node_port)] if svc.node_port else [], np_chain),
+            ):
+                if not keys:
+                    continue
+                shared[chain] = _shared_rules(chain, ctx)
+                if short_eps:
+                    pick = PICK_CHAIN[kind].format(proto, len(short_eps))
+                    shared[pick] = _shared_rules(pick, ctx)
+                cluster_map, local_map = (f"{m}-{proto}" for m in ENDPOINT_MAPS[kind])
+                for k in keys:
+                    elements.extend(_endpoint_elements(cluster_map, k, short_eps))
+                    if ext_local and uses_local_chain:
+                        elements.extend(_endpoint_elements(local_map, k, local_eps))
+        return ServiceFragment(
+            chains=(),
+            sets=(),
+            elements=tuple(elements),
+            has_endpoints=has_eps,
+            shared=tuple(sorted(shared.items())),
+            hairpin=tuple(sorted({e.ip for e in reachable})),
+        )
 
     chains: dict[str, list[str]] = {}
     if uses_cluster_chain:
@@ -442,7 +623,11 @@ def _spn_key(s: ServicePortName) -> tuple[str, str, str, str]:
 
 
 class Renderer:
-    """Memoising renderer: the same inputs always give the same (identical) fragments."""
+    """Memoising renderer: the same inputs always give the same (identical) fragments.
+
+    It also keeps, across renders, how many service ports use each shared chain and each
+    hairpin pair, updated from the changed fragments only.
+    """
 
     def __init__(self) -> None:
         self._cache: dict[
@@ -450,6 +635,25 @@ class Renderer:
             tuple[ServicePortInfo, tuple[Endpoint, ...], NodeContext, ServiceFragment],
         ] = {}
         self._base: tuple[NodeContext, BaseState] | None = None
+        self._shared_users: dict[str, int] = {}
+        self._shared: dict[str, tuple[str, ...]] = {}
+        self._hairpin: dict[str, int] = {}
+
+    def _count(self, frag: ServiceFragment, d: int) -> None:
+        users, shared, hp = self._shared_users, self._shared, self._hairpin
+        for c, rules in frag.shared:
+            n = users.get(c, 0) + d
+            if n:
+                users[c] = n
+                shared[c] = rules  # rules follow the context: the newest wins
+            else:
+                del users[c], shared[c]
+        for ip in frag.hairpin:
+            n = hp.get(ip, 0) + d
+            if n:
+                hp[ip] = n
+            else:
+                del hp[ip]
 
     def render(
         self,
@@ -482,11 +686,20 @@ class Renderer:
                     frag = hit[3]
                 else:
                     changed.add(spn)
+            if hit is None or hit[3] is not frag:
+                if hit is not None:
+                    self._count(hit[3], -1)
+                self._count(frag, 1)
             new[spn] = (svc, eps, ctx, frag)
             out[spn] = frag
-        changed.update(s for s in old if s not in new)
+        for s, hit in old.items():
+            if s not in new:
+                changed.add(s)
+                self._count(hit[3], -1)
         self._cache = new
-        return TableState(self._base[1], out, frozenset(changed))
+        return TableState(
+            self._base[1], out, frozenset(changed), dict(self._shared), dict(self._hairpin)
+        )
 
 
 def render(

@@ -8,7 +8,8 @@ from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
 from kubeproxy.nftables import diff
 from kubeproxy.nftables.render import NodeContext, Renderer
 
-CTX = NodeContext(node_name="n1", cluster_cidr="10.244.0.0/16")
+CTX = NodeContext(node_name="n1", cluster_cidr="10.244.0.0/16", endpoint_choice="rules")
+MAPS = NodeContext(node_name="n1", cluster_cidr="10.244.0.0/16")
 
 
 def cluster(n: int):
@@ -145,3 +146,69 @@ def test_changed_skeleton_needs_full():
     )
     with pytest.raises(ValueError):
         diff.partial(a, b)
+
+
+# --- the default "maps" layout -------------------------------------------------------
+
+
+def test_maps_one_endpoint_change_is_elements_only():
+    r = Renderer()
+    s, e = cluster(1000)
+    a = r.render(s, e, MAPS)
+    spn = sorted(s)[500]
+    e2 = dict(e)
+    e2[spn] = (e[spn][0], Endpoint("10.250.0.9", 8080, node_name="n1"))
+    b = r.render(s, e2, MAPS)
+    text = diff.partial(a, b)
+    cip = s[spn].cluster_ip
+    assert text == (
+        f"delete element ip kube-proxy service-endpoints-tcp {{ {cip} . 80 . 1 }}\n"
+        f"add element ip kube-proxy service-endpoints-tcp {{ {cip} . 80 . 1 : 10.250.0.9 . 8080 }}\n"
+        f"delete element ip kube-proxy hairpin-endpoints {{ {e[spn][1].ip} . {e[spn][1].ip} }}\n"
+        "add element ip kube-proxy hairpin-endpoints { 10.250.0.9 . 10.250.0.9 }\n"
+    )
+
+
+def test_maps_shared_chain_created_with_first_user_deleted_after_last():
+    r = Renderer()
+    s, e = cluster(3)
+    a = r.render(s, e, MAPS)
+    spn = sorted(s)[1]
+    e2 = dict(e)
+    e2[spn] = e[spn][:1]
+    b = r.render(s, e2, MAPS)
+    lines = diff.partial(a, b).splitlines()
+    assert lines[0] == "add chain ip kube-proxy clusterip-tcp-1"
+    assert lines[1].startswith("add rule ip kube-proxy clusterip-tcp-1 ")
+    assert (
+        "add element ip kube-proxy service-ips { 10.96.0.2 . tcp . 80 : goto clusterip-tcp-1 }"
+        in lines
+    )
+    assert b.shared.keys() == {"clusterip-tcp-1", "clusterip-tcp-2"}
+    c = r.render(s, {}, MAPS)  # no endpoints anywhere: both shared chains go, last
+    lines = diff.partial(b, c).splitlines()
+    assert lines[-4:] == [
+        "flush chain ip kube-proxy clusterip-tcp-1",
+        "flush chain ip kube-proxy clusterip-tcp-2",
+        "delete chain ip kube-proxy clusterip-tcp-1",
+        "delete chain ip kube-proxy clusterip-tcp-2",
+    ]
+    assert c.shared == {} and c.hairpin == {}
+
+
+def test_maps_hairpin_pair_stays_while_any_service_uses_the_endpoint():
+    r = Renderer()
+    s, _ = cluster(2)
+    k1, k2 = sorted(s)
+    ep = (Endpoint("10.244.0.7", 8080),)
+    a = r.render(s, {k1: ep, k2: ep}, MAPS)
+    assert a.hairpin == {"10.244.0.7": 2}
+    b = r.render(s, {k1: ep}, MAPS)
+    assert "hairpin" not in diff.partial(a, b)
+    c = r.render(s, {}, MAPS)
+    assert (
+        "delete element ip kube-proxy hairpin-endpoints { 10.244.0.7 . 10.244.0.7 }\n"
+        in diff.partial(b, c)
+    )
+    full = diff.full(a)
+    assert "add element ip kube-proxy hairpin-endpoints { 10.244.0.7 . 10.244.0.7 }\n" in full

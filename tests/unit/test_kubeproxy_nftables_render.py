@@ -1,4 +1,8 @@
-"""kube-proxy nftables mode, the pure renderer: names, layout, endpoint choice, policies."""
+"""kube-proxy nftables mode, the pure renderer: names, layout, endpoint choice, policies.
+
+Most tests pin kube-proxy's per-service layout (``endpoint_choice="rules"``, still used for
+services with session affinity); the ``maps`` tests pin the default layout (shared chains,
+endpoint maps, hairpin set)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from kubeproxy.nftables.render import (
     render_service,
 )
 
-CTX = NodeContext(node_name="n1", cluster_cidr="10.244.0.0/16")
+CTX = NodeContext(node_name="n1", cluster_cidr="10.244.0.0/16", endpoint_choice="rules")
+MAPS = NodeContext(node_name="n1", cluster_cidr="10.244.0.0/16")
 SPN = ServicePortName("ns1", "svc1", "p80", "TCP")
 
 
@@ -201,7 +206,7 @@ def test_session_affinity_timed_sets():
 
 
 def test_masquerade_all_and_external_ips():
-    ctx = NodeContext(node_name="n1", masquerade_all=True)
+    ctx = NodeContext(node_name="n1", masquerade_all=True, endpoint_choice="rules")
     f = render_service(svc(external_ips=("192.0.2.7",)), eps("10.244.1.2"), ctx)
     c = chains(f)
     assert (
@@ -228,3 +233,106 @@ def test_nodeport_addresses_set():
     text = diff.full(render({}, {}, ctx))
     assert "add element ip kube-proxy nodeport-ips { 172.18.0.3 }\n" in text
     assert "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports" in text
+
+
+# --- the default "maps" layout: shared chains per endpoint count, endpoint maps ---------
+
+GOLDEN_MAPS_CLUSTER_IP = """\
+add rule ip kube-proxy clusterip-tcp-2 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
+add rule ip kube-proxy clusterip-tcp-2 dnat ip to ip daddr . tcp dport . numgen random mod 2 map @service-endpoints-tcp
+add element ip kube-proxy service-endpoints-tcp { 172.30.0.41 . 80 . 0 : 10.244.1.2 . 80, 172.30.0.41 . 80 . 1 : 10.244.2.3 . 80 }
+add element ip kube-proxy service-ips { 172.30.0.41 . tcp . 80 : goto clusterip-tcp-2 }
+add element ip kube-proxy hairpin-endpoints { 10.244.1.2 . 10.244.1.2, 10.244.2.3 . 10.244.2.3 }
+"""
+
+
+def test_maps_golden_cluster_ip_service():
+    text = diff.full(render({SPN: svc()}, {SPN: eps("10.244.2.3", "10.244.1.2")}, MAPS))
+    part = "".join(
+        ln for ln in text.splitlines(True) if "clusterip-tcp-2" in ln or "10.244." in ln
+    ).replace("add chain ip kube-proxy clusterip-tcp-2\n", "")
+    assert part == GOLDEN_MAPS_CLUSTER_IP
+    assert "add chain ip kube-proxy clusterip-tcp-2\n" in text
+    assert "/" not in "".join(
+        ln for ln in text.splitlines() if "chain" in ln
+    )  # no per-service chain
+    for line in (
+        'add map ip kube-proxy service-endpoints-udp { typeof ip daddr . udp dport . numgen random mod 1 : ip daddr . udp dport ; comment "endpoints of ClusterIP, ExternalIP and LoadBalancer IP (udp)" ; }',
+        "add rule ip kube-proxy masquerading ct status dnat ip saddr . ip daddr @hairpin-endpoints mark set mark or 0x4000",
+        "flush set ip kube-proxy hairpin-endpoints",
+    ):
+        assert line + "\n" in text, line
+
+
+def test_maps_every_index_has_an_endpoint():
+    for n in (1, 2, 3, 7):
+        f = render_service(svc(), eps(*[f"10.244.0.{i + 10}" for i in range(n)]), MAPS)
+        idx = sorted(
+            int(e.key.rsplit(" . ", 1)[1]) for e in f.elements if e.map == "service-endpoints-tcp"
+        )
+        assert idx == list(range(n))
+        assert dict(f.shared)[f"clusterip-tcp-{n}"][-1].endswith(
+            f"numgen random mod {n} map @service-endpoints-tcp"
+        )
+
+
+def test_maps_external_traffic_policy_local():
+    s = svc(node_port=30080, type="NodePort", external_local=True, external_ips=("192.0.2.7",))
+    f = render_service(s, eps("10.244.1.2") + eps("10.244.2.3", node="n2"), MAPS)
+    els = {(e.map, e.key): e.value for e in f.elements}
+    assert els[("service-nodeports", "tcp . 30080")] == "goto external-local-nodeport-tcp-2-1"
+    assert els[("service-ips", "192.0.2.7 . tcp . 80")] == "goto external-local-tcp-2-1"
+    assert els[("local-nodeport-endpoints-tcp", "30080 . 0")] == "10.244.1.2 . 80"
+    assert ("local-nodeport-endpoints-tcp", "30080 . 1") not in els  # only local endpoints
+    assert els[("nodeport-endpoints-tcp", "30080 . 1")] == "10.244.2.3 . 80"  # short-circuit
+    assert els[("local-endpoints-tcp", "192.0.2.7 . 80 . 0")] == "10.244.1.2 . 80"
+    shared = dict(f.shared)
+    assert shared["external-local-nodeport-tcp-2-1"] == (
+        'ip saddr 10.244.0.0/16 goto pick-nodeport-tcp-2 comment "short-circuit pod traffic"',
+        'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"',
+        'fib saddr type local goto pick-nodeport-tcp-2 comment "short-circuit local traffic"',
+        "dnat ip to tcp dport . numgen random mod 1 map @local-nodeport-endpoints-tcp",
+    )
+    assert not any(
+        "mark-for-masquerade" in r for r in shared["pick-nodeport-tcp-2"]
+    )  # client IP kept
+    # no local endpoints: external traffic dropped, pod traffic still short-circuited
+    f = render_service(s, eps("10.244.2.3", node="n2"), MAPS)
+    els = {(e.map, e.key): e.value for e in f.elements}
+    assert els[("no-endpoint-nodeports", "tcp . 30080")] == "drop"
+    assert els[("service-nodeports", "tcp . 30080")] == "goto external-local-nodeport-tcp-1-0"
+    assert dict(f.shared)["external-local-nodeport-tcp-1-0"][-1].startswith(
+        "fib saddr type local goto"
+    )
+
+
+def test_maps_cluster_policy_nodeport_masquerades():
+    f = render_service(svc(node_port=30080, type="NodePort"), eps("10.244.1.2"), MAPS)
+    shared = dict(f.shared)
+    assert shared["external-nodeport-tcp-1"] == (
+        "jump mark-for-masquerade",
+        "dnat ip to tcp dport . numgen random mod 1 map @nodeport-endpoints-tcp",
+    )
+    assert {e.map for e in f.elements} == {
+        "service-ips",
+        "service-nodeports",
+        "service-endpoints-tcp",
+        "nodeport-endpoints-tcp",
+    }
+
+
+def test_maps_internal_traffic_policy_local():
+    f = render_service(
+        svc(internal_local=True), eps("10.244.1.2") + eps("10.244.2.3", node="n2"), MAPS
+    )
+    els = {(e.map, e.key): e.value for e in f.elements}
+    assert els == {
+        ("service-ips", "172.30.0.41 . tcp . 80"): "goto clusterip-tcp-1",
+        ("service-endpoints-tcp", "172.30.0.41 . 80 . 0"): "10.244.1.2 . 80",
+    }
+
+
+def test_maps_session_affinity_keeps_per_service_chains():
+    f = render_service(svc(session_affinity_timeout=300), eps("10.244.1.2"), MAPS)
+    assert f.shared == () and f.hairpin == ()
+    assert "service-ULMVA6XW-ns1/svc1/tcp/p80" in chains(f) and len(f.sets) == 1
