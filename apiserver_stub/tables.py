@@ -10,6 +10,7 @@ client asks ``includeObject=Object`` or ``None``.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,15 +49,24 @@ def human_duration(seconds: float) -> str:
     return f"{hours // 24 // 365}y"
 
 
+_NOW: list[float] = [0.0]  # "now" for the table being rendered (one clock read per table)
+_PARSED: dict[str, float] = {}
+
+
 def age(obj: dict[str, Any]) -> str:
     ts = obj["metadata"].get("creationTimestamp")
     if not ts:
         return "<unknown>"
-    try:
-        t = dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    except ValueError:
-        return "<unknown>"
-    return human_duration((dt.datetime.now(dt.UTC) - t).total_seconds())
+    t = _PARSED.get(ts)
+    if t is None:
+        try:
+            t = dt.datetime.fromisoformat(ts).timestamp()
+        except ValueError:
+            return "<unknown>"
+        if len(_PARSED) > 100_000:
+            _PARSED.clear()
+        _PARSED[ts] = t
+    return human_duration((_NOW[0] or time.time()) - t)
 
 
 def _join_limited(items: list[str], limit: int = 3) -> str:
@@ -404,6 +414,7 @@ def table(
             lambda o: [o["metadata"]["name"], age(o)],
         ),
     )
+    _NOW[0] = time.time()
     defs = [
         {
             "name": n,
