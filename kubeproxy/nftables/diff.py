@@ -9,7 +9,8 @@ clients stay sticky across a resync.
 
 ``partial(prev, new)``: only what changed between the state applied last and the new one.
 Fragments the renderer did not re-render are the same objects, so finding the changed
-service ports is one identity check each; the text itself is proportional to the change.
+service ports is one identity check each -- or nothing at all when ``new`` was rendered
+right after ``prev`` (its ``changed`` says which); the text is proportional to the change.
 Order inside the transaction: declare new chains and sets, flush the changed chains, add
 their rules, delete map elements that went away (or changed value), add the new ones, then
 flush and delete stale chains and sets. The whole text is one atomic nft transaction.
@@ -126,8 +127,11 @@ def partial(prev: TableState, new: TableState) -> str:
     if prev.base != new.base:
         raise ValueError("the table skeleton changed: a full sync is needed")
     old_s, new_s = prev.services, new.services
-    changed = [k for k, f in new_s.items() if old_s.get(k) is not f]
-    changed += [k for k in old_s if k not in new_s]
+    if new.since and new.since == prev.generation:
+        changed = list(new.changed)  # the renderer already knows (no scan of every port)
+    else:
+        changed = [k for k, f in new_s.items() if old_s.get(k) is not f]
+        changed += [k for k in old_s if k not in new_s]
     if not changed and prev.shared == new.shared:
         return ""
     changed.sort(key=_key)

@@ -43,6 +43,10 @@ class SyncStats:
     changed_services: int = 0
 
 
+def _only(d: dict, keys: list) -> dict:
+    return {k: d[k] for k in keys if k in d}
+
+
 class NftablesProxier:
     def __init__(
         self,
@@ -140,7 +144,13 @@ class NftablesProxier:
             self._last_full = time.monotonic()
         old_s, old_e = self._services, self._endpoints
         self._services, self._endpoints = services, endpoints
-        await conntrack.delete(conntrack.stale_entries(old_s, old_e, services, endpoints))
+        new_s, new_e = services, endpoints
+        if not full and applied is not None and state.since == applied.generation:
+            # Only ports whose inputs changed since the last (applied) render can have
+            # stale UDP flows: look at those, not at 10,000 ports.
+            keys = [k for k in state.inputs_changed if k.protocol == "UDP"]
+            old_s, old_e, new_s, new_e = (_only(d, keys) for d in (old_s, old_e, new_s, new_e))
+        await conntrack.delete(conntrack.stale_entries(old_s, old_e, new_s, new_e))
         self.last_text = text
         self.last = SyncStats(
             full=full,

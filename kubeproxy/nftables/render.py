@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -269,6 +270,11 @@ class TableState:
     changed: frozenset[ServicePortName] = field(default_factory=frozenset)  # vs previous render
     shared: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # chain -> rules
     hairpin: Mapping[str, int] = field(default_factory=dict)  # endpoint IP -> users
+    # Which render this is, which one ``changed`` is relative to (0: none), and the service
+    # ports whose inputs (service or endpoints object) differ from that render's.
+    generation: int = 0
+    since: int = 0
+    inputs_changed: frozenset[ServicePortName] = field(default_factory=frozenset)
 
     def chain_names(self) -> set[str]:
         out = {c for c, _ in self.base.chains} | {b.name for b in BASE_CHAINS}
@@ -622,22 +628,38 @@ def _spn_key(s: ServicePortName) -> tuple[str, str, str, str]:
     return (s.namespace, s.name, s.port, s.protocol)
 
 
+_generations = itertools.count(1)
+
+
+class _Entry:
+    """One service port's last inputs and fragment (mutable: the renderer's own cache)."""
+
+    __slots__ = ("spn", "svc", "eps", "ctx", "frag")
+
+    def __init__(self, spn, svc, eps, ctx, frag) -> None:
+        self.spn, self.svc, self.eps, self.ctx, self.frag = spn, svc, eps, ctx, frag
+
+
 class Renderer:
     """Memoising renderer: the same inputs always give the same (identical) fragments.
 
-    It also keeps, across renders, how many service ports use each shared chain and each
-    hairpin pair, updated from the changed fragments only.
+    At 10,000 service ports a sync that changed one of them must not cost 10,000 renders,
+    nor 10,000 hashes of ``ServicePortName`` (a dataclass hash builds a tuple each time):
+    unchanged ports are recognised by object identity through an index keyed by ``id()``
+    of the caller's key objects (kept alive by the cache, so an id cannot be reused), and
+    only misses fall back to lookups by value. It also keeps, across renders, how many
+    service ports use each shared chain and each hairpin pair.
     """
 
     def __init__(self) -> None:
-        self._cache: dict[
-            ServicePortName,
-            tuple[ServicePortInfo, tuple[Endpoint, ...], NodeContext, ServiceFragment],
-        ] = {}
+        self._entries: dict[ServicePortName, _Entry] = {}
+        self._by_id: dict[int, _Entry] = {}
+        self._out: dict[ServicePortName, ServiceFragment] = {}
         self._base: tuple[NodeContext, BaseState] | None = None
         self._shared_users: dict[str, int] = {}
         self._shared: dict[str, tuple[str, ...]] = {}
         self._hairpin: dict[str, int] = {}
+        self._generation = 0
 
     def _count(self, frag: ServiceFragment, d: int) -> None:
         users, shared, hp = self._shared_users, self._shared, self._hairpin
@@ -655,6 +677,13 @@ class Renderer:
             else:
                 del hp[ip]
 
+    def _drop(self, e: _Entry) -> None:
+        del self._entries[e.spn]
+        del self._by_id[id(e.spn)]
+        if e.frag is not None:
+            del self._out[e.spn]
+            self._count(e.frag, -1)
+
     def render(
         self,
         services: Mapping[ServicePortName, ServicePortInfo],
@@ -664,41 +693,68 @@ class Renderer:
         if self._base is None or self._base[0] != ctx:
             self._base = (ctx, render_base(ctx))
         ctx = self._base[0]  # an equal context is the same object: identity checks below
-        old = self._cache
-        get = old.get
-        new: dict = {}
+        eps_by_id = {id(k): v for k, v in endpoints.items()}
+        by_id, entries, out = self._by_id, self._entries, self._out
         changed: set[ServicePortName] = set()
-        out: dict[ServicePortName, ServiceFragment] = {}
+        inputs: set[ServicePortName] = set()
+        misses: list[tuple[ServicePortName, ServicePortInfo, tuple[Endpoint, ...]]] = []
         for spn, svc in services.items():
-            eps = endpoints.get(spn, ())
-            hit = get(spn)
-            if hit is not None and hit[0] is svc and hit[1] is eps and hit[2] is ctx:
-                new[spn] = hit  # the hot path at scale: nothing about this port changed
-                out[spn] = hit[3]
-                continue
+            k = id(spn)
+            eps = eps_by_id.get(k)
+            if eps is None:
+                eps = endpoints.get(spn, ())  # no endpoints, or an equal key object
+            e = by_id.get(k)
+            if e is None or e.svc is not svc or e.eps is not eps or e.ctx is not ctx:
+                misses.append((spn, svc, eps))  # e.spn is spn: a live object's id is unique
+        for spn, svc, eps in misses:
+            inputs.add(spn)
+            e = entries.get(spn)
+            if e is not None and e.spn is not spn:  # an equal key object: re-index it
+                self._drop(e)
+                e = _Entry(spn, e.svc, e.eps, e.ctx, e.frag) if e.frag is not None else None
+                if e is not None:
+                    entries[spn], by_id[id(spn)], out[spn] = e, e, e.frag
+                    self._count(e.frag, 1)
+            old = e.frag if e is not None else None
             if not svc.cluster_ip:
-                continue
-            if hit is not None and hit[0] == svc and hit[1] == eps and hit[2] == ctx:
-                frag = hit[3]
+                frag = None
+            elif (
+                e is not None and old is not None and e.svc == svc and e.eps == eps and e.ctx == ctx
+            ):
+                frag = old
             else:
                 frag = render_service(svc, eps, ctx)
-                if hit is not None and hit[3] == frag:
-                    frag = hit[3]
-                else:
-                    changed.add(spn)
-            if hit is None or hit[3] is not frag:
-                if hit is not None:
-                    self._count(hit[3], -1)
-                self._count(frag, 1)
-            new[spn] = (svc, eps, ctx, frag)
-            out[spn] = frag
-        for s, hit in old.items():
-            if s not in new:
-                changed.add(s)
-                self._count(hit[3], -1)
-        self._cache = new
+                if old is not None and old == frag:
+                    frag = old
+            if e is None:
+                e = _Entry(spn, svc, eps, ctx, None)
+                entries[spn], by_id[id(spn)] = e, e
+            e.svc, e.eps, e.ctx = svc, eps, ctx
+            if frag is not old:
+                changed.add(spn)
+                if old is not None:
+                    self._count(old, -1)
+                    del out[spn]
+                if frag is not None:
+                    self._count(frag, 1)
+                    out[spn] = frag
+                e.frag = frag
+        if len(entries) > len(services):  # service ports went away
+            for e in [e for spn, e in entries.items() if spn not in services]:
+                if e.frag is not None:
+                    changed.add(e.spn)
+                inputs.add(e.spn)
+                self._drop(e)
+        since, self._generation = self._generation, next(_generations)
         return TableState(
-            self._base[1], out, frozenset(changed), dict(self._shared), dict(self._hairpin)
+            self._base[1],
+            dict(out),
+            frozenset(changed),
+            dict(self._shared),
+            dict(self._hairpin),
+            generation=self._generation,
+            since=since,
+            inputs_changed=frozenset(inputs),
         )
 
 

@@ -212,3 +212,40 @@ def test_maps_hairpin_pair_stays_while_any_service_uses_the_endpoint():
     )
     full = diff.full(a)
     assert "add element ip kube-proxy hairpin-endpoints { 10.244.0.7 . 10.244.0.7 }\n" in full
+
+
+def test_renderer_equal_new_key_objects_change_nothing():
+    r = Renderer()
+    s, e = cluster(20)
+    a = r.render(s, e, MAPS)
+    # the same service ports as new (equal, not identical) objects, as after a re-list
+    clone = {ServicePortName(k.namespace, k.name, k.port, k.protocol): v for k, v in s.items()}
+    eclone = {ServicePortName(k.namespace, k.name, k.port, k.protocol): v for k, v in e.items()}
+    b = r.render(clone, eclone, MAPS)
+    assert b.changed == frozenset() and diff.partial(a, b) == ""
+    assert b.inputs_changed == set(s)  # they were looked up by value
+    c = r.render(clone, eclone, MAPS)
+    assert c.inputs_changed == frozenset() and c.since == b.generation
+
+
+def test_renderer_removed_and_headless_ports():
+    r = Renderer()
+    s, e = cluster(5)
+    a = r.render(s, e, MAPS)
+    gone, headless = sorted(s)[:2]
+    s2 = {k: v for k, v in s.items() if k != gone}
+    s2[headless] = ServicePortInfo(headless, "", 80, "TCP", 8080)
+    b = r.render(s2, e, MAPS)
+    assert b.changed == {gone, headless} and b.inputs_changed == {gone, headless}
+    assert gone not in b.services and headless not in b.services
+    text = diff.partial(a, b)
+    prefix = "delete element ip kube-proxy service-ips"
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(prefix)]
+    for k in (gone, headless):
+        assert f"{s[k].cluster_ip} . tcp . 80" in line
+    # the scan by identity and the renderer's own list of changes agree
+    assert diff.partial(a, b) == diff.partial(a, b.__class__(**{**_fields(b), "since": 0}))
+
+
+def _fields(state) -> dict:
+    return {f: getattr(state, f) for f in state.__dataclass_fields__}
