@@ -188,12 +188,11 @@ def test_apply_then_get_describe_watch_delete(cluster: tuple[Api, Kubectl, Path]
     # kubectl get -w sees web-2 become not ready
     watcher = kubectl.popen("get", "pods", "-n", "shop", "-w")
     try:
-        seen = _read_until(watcher, lambda text: "web-2" in text)
-        assert re.search(r"web-2\s+1/1\s+Running", seen), seen
-        make_running(api, "shop", "web-2", IPS["web-2"], ready=False)
-        seen = _read_until(
-            watcher, lambda text: re.search(r"web-2\s+0/1\s+Running", text) is not None
+        _read_until(
+            watcher, lambda text: re.search(r"web-2\s+1/1\s+Running\s+0\s+\S+\n", text) is not None
         )
+        make_running(api, "shop", "web-2", IPS["web-2"], ready=False)
+        _read_until(watcher, lambda text: re.search(r"web-2\s+0/1\s+Running", text) is not None)
     finally:
         watcher.terminate()
         watcher.wait(timeout=10)
