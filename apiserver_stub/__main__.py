@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
 import click
 
 from .server import Config, run
+
+DEFAULT_DATA_DIR = os.path.join(
+    os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"),
+    "kube-netlab",
+    "apiserver",
+)
 
 
 def _tokens(path: str | None) -> set[str]:
@@ -40,12 +47,13 @@ def _tokens(path: str | None) -> set[str]:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False),
-    help="Keep objects in SQLite here (created if missing); survives restarts.",
+    help="Keep objects in SQLite here (created if missing); survives restarts. "
+    f"[default: {DEFAULT_DATA_DIR}]",
 )
 @click.option(
     "--memory",
     is_flag=True,
-    help="Keep everything in memory only (tests); the default when --data-dir is not given.",
+    help="Keep everything in memory only (tests); nothing survives a restart.",
 )
 @click.option(
     "--service-cluster-ip-range",
@@ -157,7 +165,7 @@ def main(
     cfg = Config(
         bind=bind,
         port=port,
-        data_dir=None if memory else data_dir,
+        data_dir=None if memory else (data_dir or DEFAULT_DATA_DIR),
         service_cidr=service_cidr,
         cluster_cidr=cluster_cidr,
         node_cidr_mask=node_cidr_mask_size,
