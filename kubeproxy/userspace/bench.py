@@ -141,19 +141,17 @@ class Bench:
         return self.node.pod_ip(1) if mode == "direct" else SERVICE_IPS[mode]
 
     def iperf(self, mode: str) -> float:
-        r = self.node.exec(
-            self.node.pod_ns(0),
-            "iperf3",
-            "-c",
-            self.target(mode),
-            "-p",
-            "5201",
-            "-t",
-            str(self.duration),
-            "-J",
-            timeout=self.duration + 30,
-        )
-        return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+        argv = ["iperf3", "-c", self.target(mode), "-p", "5201", "-t", str(self.duration), "-J"]
+        for attempt in range(3):  # the server refuses a test while the last one winds down
+            r = self.node.exec(self.node.pod_ns(0), *argv, timeout=self.duration + 30, check=False)
+            try:
+                return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+            except (ValueError, KeyError):
+                err = json.loads(r.stdout or "{}").get("error") if r.stdout else r.stderr
+                if attempt == 2:
+                    raise RuntimeError(f"iperf3 to {mode} failed: {err}") from None
+                time.sleep(1)
+        raise AssertionError("unreachable")
 
     def wrk(self, mode: str, close: bool) -> dict:
         argv = ["wrk", "-t1", f"-c{self.connections}", f"-d{self.duration}s", "--latency"]

@@ -17,6 +17,7 @@ service socket (so conntrack maps them back to the ClusterIP). A session is clos
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import fcntl
@@ -42,6 +43,10 @@ UDP_BUF = 65535
 LINGER_RST = struct.pack("ii", 1, 0)
 _SOL_TCP, _NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
 _STREAM_NB = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_AF_INET, _STREAM = socket.AF_INET, socket.SOCK_STREAM
+_TCP_INFO, _TCP_ESTABLISHED = socket.TCP_INFO, 1
+# The C socket type: no Python-level wrapper (io refs, makefile) on the per-connection path
+_Socket = _socket.socket
 _EMFILE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -153,7 +158,7 @@ class _Direction:
     __slots__ = ("relay", "loop", "src", "dst", "dst_sock", "r", "w", "pending", "done")
 
     def __init__(
-        self, relay: Relay, src: int, dst: int, dst_sock: socket.socket, pipe: tuple[int, int]
+        self, relay: Relay, src: int, dst: int, dst_sock: _socket.socket, pipe: tuple[int, int]
     ):
         self.relay = relay
         self.loop = relay.loop
@@ -220,7 +225,7 @@ class Relay:
     __slots__ = ("loop", "client", "backend", "up", "down", "owner", "endpoint", "closed")
 
     def __init__(
-        self, owner: TCPProxy, client: socket.socket, backend: socket.socket, endpoint: Addr
+        self, owner: TCPProxy, client: _socket.socket, backend: _socket.socket, endpoint: Addr
     ):
         self.loop = owner.loop
         self.owner = owner
@@ -235,6 +240,9 @@ class Relay:
         owner.relays.add(self)
         self.loop.add_reader(cfd, self.up.on_readable)
         self.loop.add_reader(bfd, self.down.on_readable)
+        # the client has usually sent its request by the time we accepted and connected:
+        # move it now instead of one loop iteration later
+        self.up.on_readable()
 
     def half_closed(self) -> None:
         if self.up.done and self.down.done:
@@ -268,12 +276,12 @@ class _Dial:
 
     __slots__ = ("owner", "client", "client_ip", "attempt", "sock", "timer", "endpoint")
 
-    def __init__(self, owner: TCPProxy, client: socket.socket, client_ip: str):
+    def __init__(self, owner: TCPProxy, client: _socket.socket, client_ip: str):
         self.owner = owner
         self.client = client
         self.client_ip = client_ip
         self.attempt = 0
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.endpoint: Addr | None = None
 
@@ -287,13 +295,18 @@ class _Dial:
             timeout = DIAL_TIMEOUTS[self.attempt]
             self.attempt += 1
             try:
-                s = socket.socket(socket.AF_INET, _STREAM_NB)
+                s = _Socket(_AF_INET, _STREAM_NB)
             except OSError as e:
                 log.warning("%s: cannot open a socket to %s:%d: %s", owner.key, *ep, e)
                 break
             s.setsockopt(_SOL_TCP, _NODELAY, 1)
             err = s.connect_ex(ep)
             if err == errno.EINPROGRESS:
+                # an endpoint on this machine has usually answered the SYN within connect():
+                # then no writability wait, no timer
+                if s.getsockopt(_SOL_TCP, _TCP_INFO, 8)[0] == _TCP_ESTABLISHED:
+                    Relay(owner, self.client, s, ep)
+                    return
                 self.sock, self.endpoint = s, ep
                 owner.pending.add(self)
                 owner.loop.add_writer(s.fileno(), self.on_connected)
@@ -372,10 +385,10 @@ class TCPProxy:
         loop.add_reader(self.fd, self.on_accept)
 
     def on_accept(self) -> None:
-        accept = self.sock.accept
+        accept = self.sock._accept  # (fd, addr): no Python socket wrapper per client
         for _ in range(ACCEPT_BATCH):
             try:
-                client, addr = accept()
+                fd, addr = accept()
             except BlockingIOError:
                 return
             except OSError as e:
@@ -385,6 +398,7 @@ class TCPProxy:
                     self.loop.call_later(0.1, self._resume)
                     return
                 continue
+            client = _Socket(_AF_INET, _STREAM, 0, fd)
             client.setblocking(False)
             _Dial(self, client, addr[0]).next()
 
