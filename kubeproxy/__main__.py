@@ -101,10 +101,22 @@ def main(
         sys.exit(0 if ok else 1)
     client = cli.client_from(master, kubeconfig, token_file, "kubeproxy")
     try:
-        asyncio.run(_run(config, client))
+        _event_loop_runner(proxy_mode)(_run(config, client))
     except KeyboardInterrupt:
         pass
     logger.info("stopped")
+
+
+def _event_loop_runner(proxy_mode: str):
+    """userspace mode copies every byte on the loop: run it on uvloop when installed."""
+    if proxy_mode == "userspace":
+        try:
+            import uvloop
+
+            return uvloop.run
+        except ImportError:
+            pass
+    return asyncio.run
 
 
 async def _cleanup(config: ProxyConfig) -> bool:
