@@ -119,7 +119,9 @@ class NftApplier:
             raise NftError(f"nft -f refused the {TABLE} transaction: {_explain(text, err)}")
 
     async def _list(self, what: str) -> list[dict]:
-        rc, out, err = await run([self.nft, "-j", "list", what, FAMILY])
+        # -t (terse): no set elements. Without it nft 1.0.6 fetches every element of every
+        # set first (~2 s at 10,000 services) only to print names.
+        rc, out, err = await run([self.nft, "-t", "-j", "list", what, FAMILY])
         if rc != 0:
             raise NftError(f"nft list {what} {FAMILY} failed: {err.strip()}")
         items = json.loads(out or "{}").get("nftables", [])
@@ -128,21 +130,15 @@ class NftApplier:
 
     async def existing(self) -> tuple[set[str], set[str]]:
         """(chains, sets) our table holds now; empty when the table does not exist."""
-        if not await self.table_exists():
-            return set(), set()
         chains = {c["name"] for c in await self._list("chains")}
         sets = {s["name"] for s in await self._list("sets")}
         return chains, sets
 
-    async def table_exists(self) -> bool:
-        rc, out, _ = await run([self.nft, "list", "tables", FAMILY])
-        return rc == 0 and any(line.split()[-1:] == [TABLE] for line in out.splitlines())
-
     async def delete_table(self) -> bool:
         """Delete our table; returns False when there was none."""
-        if not await self.table_exists():
-            return False
         rc, _, err = await run([self.nft, "delete", "table", FAMILY, TABLE])
-        if rc != 0:
-            raise NftError(f"nft delete table {FAMILY} {TABLE} failed: {err.strip()}")
-        return True
+        if rc == 0:
+            return True
+        if "No such file or directory" in err:
+            return False
+        raise NftError(f"nft delete table {FAMILY} {TABLE} failed: {err.strip()}")
