@@ -112,12 +112,11 @@ def _accepts(request: web.Request) -> tuple[str, str]:
             as_ = params.get("as")
             if as_ is None:
                 return "json", ""
-            if (
-                as_ == "Table"
-                and params.get("g") == "meta.k8s.io"
-                and params.get("v") in ("v1", "v1beta1")
-            ):
-                return "table", params["v"]
+            if params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+                if as_ == "Table":
+                    return "table", params["v"]
+                if as_ in ("PartialObjectMetadata", "PartialObjectMetadataList"):
+                    return "meta", params["v"]
             continue
         if mtype in ("application/yaml", "text/yaml"):
             if "as" not in params:
@@ -475,6 +474,8 @@ class ApiServer:
             return _json(tbl, status)
         if fmt == "yaml":
             return _yaml(json.loads(entry.typed()), status)
+        if fmt == "meta":
+            return _json(_partial(entry, table_version), status)
         return web.Response(body=entry.typed(), status=status, content_type="application/json")
 
     # ---- list ------------------------------------------------------------------------
@@ -548,6 +549,15 @@ class ApiServer:
             items = items[:limit]
         if fmt == "table":
             return _json(tables.table(t.res, items, tv, q.get("includeObject"), str(rv), meta))
+        if fmt == "meta":
+            return _json(
+                {
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": f"meta.k8s.io/{tv}",
+                    "metadata": meta,
+                    "items": [_partial(e, tv) for e in items],
+                }
+            )
         head = (
             (
                 f'{{"kind":"{t.res.list_kind}","apiVersion":"{t.res.api_version}","metadata":'
@@ -599,6 +609,15 @@ class ApiServer:
                 tbl = tables.table(entry.res, [entry], tv, include, str(entry.rv))
                 return (
                     json.dumps({"type": etype, "object": tbl}, separators=(",", ":")).encode()
+                    + b"\n"
+                )
+
+        elif fmt == "meta":
+
+            def render(etype: str, entry: Entry) -> bytes:
+                obj = _partial(entry, tv)
+                return (
+                    json.dumps({"type": etype, "object": obj}, separators=(",", ":")).encode()
                     + b"\n"
                 )
 
@@ -670,6 +689,15 @@ def _yaml(obj: Any, status: int = 200) -> web.Response:
     return web.Response(
         text=yaml.safe_dump(obj, sort_keys=False), status=status, content_type="application/yaml"
     )
+
+
+def _partial(entry: Entry, version: str) -> dict[str, Any]:
+    """The object as meta.k8s.io PartialObjectMetadata (metadata-only clients)."""
+    return {
+        "kind": "PartialObjectMetadata",
+        "apiVersion": f"meta.k8s.io/{version or 'v1'}",
+        "metadata": entry.obj["metadata"],
+    }
 
 
 def _warn(resp: web.Response, warnings: list[str]) -> web.Response:

@@ -354,3 +354,19 @@ def test_yaml_body_accepted(api: Api, ns: str) -> None:
         api.request("POST", f"/api/v1/namespaces/{ns}/services", raw=doc, ctype="application/yaml")
     )
     assert out["spec"]["ports"][0]["targetPort"] == 8080
+
+
+def test_metadata_only_clients_get_partial_object_metadata(api: Api, ns: str) -> None:
+    api.ok(api.post(f"/api/v1/namespaces/{ns}/pods", pod("a", {"app": "x"})))
+    accept = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"}
+    lst = api.ok(api.get(f"/api/v1/namespaces/{ns}/pods", headers=accept))
+    assert lst["kind"] == "PartialObjectMetadataList"
+    assert lst["items"][0]["kind"] == "PartialObjectMetadata"
+    assert lst["items"][0]["metadata"]["labels"] == {"app": "x"} and "spec" not in lst["items"][0]
+    one = api.ok(
+        api.get(
+            f"/api/v1/namespaces/{ns}/pods/a",
+            headers={"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"},
+        )
+    )
+    assert one["kind"] == "PartialObjectMetadata" and one["metadata"]["name"] == "a"
