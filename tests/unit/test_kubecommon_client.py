@@ -8,9 +8,15 @@ from kubecommon.client import load_config, resource_path
 
 
 def test_resource_paths():
-    assert resource_path("services", "demo", "web", "status") == "/api/v1/namespaces/demo/services/web/status"
+    assert (
+        resource_path("services", "demo", "web", "status")
+        == "/api/v1/namespaces/demo/services/web/status"
+    )
     assert resource_path("nodes", "ignored-for-cluster-scoped", "n1") == "/api/v1/nodes/n1"
-    assert resource_path("endpointslices", "demo") == "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices"
+    assert (
+        resource_path("endpointslices", "demo")
+        == "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices"
+    )
     with pytest.raises(ValueError, match="unknown resource"):
         resource_path("deployments")
 

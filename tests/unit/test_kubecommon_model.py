@@ -11,8 +11,11 @@ def svc(name="web", ns="demo", **spec):
 
 def slice_(svc_name="web", ns="demo", eps=(), ports=({"name": "http", "port": 8080},), name=None):
     return {
-        "metadata": {"name": name or f"{svc_name}-x", "namespace": ns,
-                     "labels": {m.SERVICE_NAME_LABEL: svc_name}},
+        "metadata": {
+            "name": name or f"{svc_name}-x",
+            "namespace": ns,
+            "labels": {m.SERVICE_NAME_LABEL: svc_name},
+        },
         "addressType": "IPv4",
         "ports": list(ports),
         "endpoints": list(eps),
@@ -25,18 +28,25 @@ def test_service_port_name_string_matches_kube_proxy():
 
 
 def test_headless_and_external_name_services_are_not_proxied():
-    got = m.service_port_map([
-        svc(),
-        svc("hl", clusterIP="None"),
-        svc("ext", type="ExternalName", externalName="example.org", clusterIP=""),
-    ])
+    got = m.service_port_map(
+        [
+            svc(),
+            svc("hl", clusterIP="None"),
+            svc("ext", type="ExternalName", externalName="example.org", clusterIP=""),
+        ]
+    )
     assert [str(k) for k in got] == ["demo/web:http"]
 
 
 def test_service_defaults_and_policies():
-    (p,) = m.service_from_obj(svc(type="NodePort", externalTrafficPolicy="Local",
-                                  sessionAffinity="ClientIP",
-                                  ports=[{"port": 53, "protocol": "UDP", "nodePort": 30053}])).ports
+    (p,) = m.service_from_obj(
+        svc(
+            type="NodePort",
+            externalTrafficPolicy="Local",
+            sessionAffinity="ClientIP",
+            ports=[{"port": 53, "protocol": "UDP", "nodePort": 30053}],
+        )
+    ).ports
     assert p.protocol == "UDP" and p.target_port == 53 and p.node_port == 30053
     assert p.external_local and not p.internal_local
     assert p.session_affinity_timeout == 10800 and p.affinity
@@ -48,12 +58,26 @@ def test_external_local_only_for_externally_reachable_types():
 
 
 def test_endpoints_merge_slices_and_keep_conditions():
-    eps = m.endpoints_map([
-        slice_(eps=[{"addresses": ["10.244.1.2"], "conditions": {"ready": True}, "nodeName": "w1"}], name="a"),
-        slice_(eps=[{"addresses": ["10.244.2.2"], "conditions": {"ready": False, "serving": True,
-                                                                  "terminating": True}, "nodeName": "w2"}],
-               name="b"),
-    ])
+    eps = m.endpoints_map(
+        [
+            slice_(
+                eps=[
+                    {"addresses": ["10.244.1.2"], "conditions": {"ready": True}, "nodeName": "w1"}
+                ],
+                name="a",
+            ),
+            slice_(
+                eps=[
+                    {
+                        "addresses": ["10.244.2.2"],
+                        "conditions": {"ready": False, "serving": True, "terminating": True},
+                        "nodeName": "w2",
+                    }
+                ],
+                name="b",
+            ),
+        ]
+    )
     (key,) = eps
     assert key == m.ServicePortName("demo", "web", "http", "TCP")
     a, b = eps[key]
@@ -68,12 +92,23 @@ def test_slice_without_service_label_is_ignored():
 
 
 def test_node_info():
-    n = m.node_from_obj({
-        "metadata": {"name": "w1", "annotations": {"a": "b"}},
-        "spec": {"podCIDR": "10.244.1.0/24"},
-        "status": {"addresses": [{"type": "Hostname", "address": "w1"},
-                                 {"type": "InternalIP", "address": "172.18.0.3"}],
-                   "conditions": [{"type": "Ready", "status": "True"}]},
-    })
-    assert (n.name, n.internal_ip, n.pod_cidr, n.ready, n.annotation("a")) == \
-        ("w1", "172.18.0.3", "10.244.1.0/24", True, "b")
+    n = m.node_from_obj(
+        {
+            "metadata": {"name": "w1", "annotations": {"a": "b"}},
+            "spec": {"podCIDR": "10.244.1.0/24"},
+            "status": {
+                "addresses": [
+                    {"type": "Hostname", "address": "w1"},
+                    {"type": "InternalIP", "address": "172.18.0.3"},
+                ],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+    )
+    assert (n.name, n.internal_ip, n.pod_cidr, n.ready, n.annotation("a")) == (
+        "w1",
+        "172.18.0.3",
+        "10.244.1.0/24",
+        True,
+        "b",
+    )

@@ -37,8 +37,14 @@ def svc(name=None, ip="172.30.0.41", port=80, proto="TCP", **kw) -> ServicePortI
 
 
 def ep(ip, port=80, node="node1", ready=True, serving=None, terminating=False) -> Endpoint:
-    return Endpoint(ip=ip, port=port, ready=ready, serving=ready if serving is None else serving,
-                    terminating=terminating, node_name=node)
+    return Endpoint(
+        ip=ip,
+        port=port,
+        ready=ready,
+        serving=ready if serving is None else serving,
+        terminating=terminating,
+        node_name=node,
+    )
 
 
 def nat(text: str) -> list[str]:
@@ -59,7 +65,9 @@ def by_hand(text: str) -> str:
 def test_chain_names_are_kube_proxys_hashes():
     s = spn()
     assert service_chain(s) == "KUBE-SVC-" + by_hand("ns1/svc1:p80tcp")
-    assert endpoint_chain(s, "10.180.0.1:80") == "KUBE-SEP-" + by_hand("ns1/svc1:p80tcp10.180.0.1:80")
+    assert endpoint_chain(s, "10.180.0.1:80") == "KUBE-SEP-" + by_hand(
+        "ns1/svc1:p80tcp10.180.0.1:80"
+    )
     # the names kube-proxy's own tests use for these service ports
     assert service_chain(s) == "KUBE-SVC-XPGD46QRK7WJZT7O"
     assert endpoint_chain(s, "10.180.0.1:80") == "KUBE-SEP-SXIVWICOYRO3J4NJ"
@@ -75,12 +83,25 @@ def test_chain_names_are_kube_proxys_hashes():
 def test_probabilities_are_formatted_like_kube_proxy():
     assert probability(2) == "0.5000000000"
     assert probability(3) == "0.3333333333"
-    text = render({spn(): svc()}, {spn(): (ep("10.180.0.3"), ep("10.180.0.1"), ep("10.180.0.2"))}, CTX)
-    lines = [ln for ln in nat(text) if ln.startswith("-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 ->")]
+    text = render(
+        {spn(): svc()}, {spn(): (ep("10.180.0.3"), ep("10.180.0.1"), ep("10.180.0.2"))}, CTX
+    )
+    lines = [
+        ln
+        for ln in nat(text)
+        if ln.startswith('-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 ->')
+    ]
     assert [("probability" in ln and ln.split("--probability ")[1].split()[0]) for ln in lines] == [
-        "0.3333333333", "0.5000000000", False]
+        "0.3333333333",
+        "0.5000000000",
+        False,
+    ]
     # endpoints ordered by "ip:port" string, as kube-proxy orders them
-    assert [ln.split('-> ')[1].split('"')[0] for ln in lines] == ["10.180.0.1:80", "10.180.0.2:80", "10.180.0.3:80"]
+    assert [ln.split("-> ")[1].split('"')[0] for ln in lines] == [
+        "10.180.0.1:80",
+        "10.180.0.2:80",
+        "10.180.0.3:80",
+    ]
 
 
 # -- golden text -------------------------------------------------------------------------
@@ -121,15 +142,26 @@ def test_golden_cluster_ip_service():
 
 def test_masquerade_all_and_session_affinity():
     s = svc(session_affinity_timeout=10800)
-    lines = nat(render({spn(): s}, {spn(): (ep("10.180.0.1"), ep("10.180.0.2"))},
-                       NodeContext("node1", "10.0.0.0/24", masquerade_all=True)))
+    lines = nat(
+        render(
+            {spn(): s},
+            {spn(): (ep("10.180.0.1"), ep("10.180.0.2"))},
+            NodeContext("node1", "10.0.0.0/24", masquerade_all=True),
+        )
+    )
     sep1 = endpoint_chain(spn(), "10.180.0.1:80")
-    assert ('-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp '
-            '-d 172.30.0.41 --dport 80 -j KUBE-MARK-MASQ') in lines
-    assert (f'-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m recent '
-            f'--name {sep1} --rcheck --seconds 10800 --reap -j {sep1}') in lines
-    assert (f"-A {sep1} -m comment --comment ns1/svc1:p80 -m recent --name {sep1} --set -m tcp -p tcp "
-            "-j DNAT --to-destination 10.180.0.1:80") in lines
+    assert (
+        '-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp '
+        "-d 172.30.0.41 --dport 80 -j KUBE-MARK-MASQ"
+    ) in lines
+    assert (
+        f'-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m recent '
+        f"--name {sep1} --rcheck --seconds 10800 --reap -j {sep1}"
+    ) in lines
+    assert (
+        f"-A {sep1} -m comment --comment ns1/svc1:p80 -m recent --name {sep1} --set -m tcp -p tcp "
+        "-j DNAT --to-destination 10.180.0.1:80"
+    ) in lines
     # affinity checks come before the random choice
     first_rcheck = next(i for i, ln in enumerate(lines) if "--rcheck" in ln)
     first_random = next(i for i, ln in enumerate(lines) if "statistic" in ln)
@@ -149,8 +181,10 @@ def test_no_endpoints_rejects_in_filter_and_writes_no_nat_chains():
 def test_terminating_endpoints_only_when_no_ready_ones():
     eps = (ep("10.180.0.1"), ep("10.180.0.2", ready=False, serving=True, terminating=True))
     assert "10.180.0.2:80" not in render({spn(): svc()}, {spn(): eps}, CTX)
-    eps = (ep("10.180.0.1", ready=False, serving=False, terminating=True),
-           ep("10.180.0.2", ready=False, serving=True, terminating=True))
+    eps = (
+        ep("10.180.0.1", ready=False, serving=False, terminating=True),
+        ep("10.180.0.2", ready=False, serving=True, terminating=True),
+    )
     text = render({spn(): svc()}, {spn(): eps}, CTX)
     assert "--to-destination 10.180.0.2:80" in text and "10.180.0.1:80" not in text
 
@@ -161,7 +195,11 @@ def test_external_traffic_policy_local():
     eps = (ep("10.180.0.1", node="node1"), ep("10.180.0.2", node="node2"))
     text = render({s2: s}, {s2: eps}, CTX)
     lines = nat(text)
-    ext, svl, svcc = "KUBE-EXT-GNZBNJ2PO5MGZ6GT", "KUBE-SVL-GNZBNJ2PO5MGZ6GT", "KUBE-SVC-GNZBNJ2PO5MGZ6GT"
+    ext, svl, svcc = (
+        "KUBE-EXT-GNZBNJ2PO5MGZ6GT",
+        "KUBE-SVL-GNZBNJ2PO5MGZ6GT",
+        "KUBE-SVC-GNZBNJ2PO5MGZ6GT",
+    )
     assert [ln for ln in lines if ln.startswith(f"-A {ext}")] == [
         f'-A {ext} -m comment --comment "pod traffic for ns2/svc2:p80 external destinations" -s 10.0.0.0/24 -j {svcc}',
         f'-A {ext} -m comment --comment "masquerade LOCAL traffic for ns2/svc2:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ',
@@ -170,7 +208,10 @@ def test_external_traffic_policy_local():
     ]
     svl_targets = [ln for ln in lines if ln.startswith(f"-A {svl}")]
     assert len(svl_targets) == 1 and "10.180.0.1:80" in svl_targets[0]
-    assert '-A KUBE-NODEPORTS -m comment --comment "ns2/svc2:p80 health check node port" -m tcp -p tcp --dport 30000 -j ACCEPT' in filt(text)
+    assert (
+        '-A KUBE-NODEPORTS -m comment --comment "ns2/svc2:p80 health check node port" -m tcp -p tcp --dport 30000 -j ACCEPT'
+        in filt(text)
+    )
     # no local endpoint: external traffic dropped (not rejected), pods still short-circuited
     text = render({s2: s}, {s2: eps[1:]}, CTX)
     assert '"ns2/svc2:p80 has no local endpoints"' in text and "-j DROP" in filt(text)[4]
@@ -180,17 +221,27 @@ def test_external_traffic_policy_local():
 def test_internal_traffic_policy_local_without_local_endpoints_drops():
     s = svc(internal_local=True)
     text = render({spn(): s}, {spn(): (ep("10.180.0.2", node="node2"),)}, CTX)
-    assert '-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 has no local endpoints" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j DROP' in text
+    assert (
+        '-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 has no local endpoints" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j DROP'
+        in text
+    )
     text = render({spn(): s}, {spn(): (ep("10.180.0.1"), ep("10.180.0.2", node="node2"))}, CTX)
     assert "-j KUBE-SVL-XPGD46QRK7WJZT7O" in text and "10.180.0.2:80" not in text
 
 
 def test_udp_sctp_and_several_ports():
     a, b, c = spn(port="http"), spn(port="dns", proto="UDP"), spn(port="sctp", proto="SCTP")
-    services = {a: svc(a, port=80), b: svc(b, port=53, proto="UDP"), c: svc(c, port=9, proto="SCTP")}
+    services = {
+        a: svc(a, port=80),
+        b: svc(b, port=53, proto="UDP"),
+        c: svc(c, port=9, proto="SCTP"),
+    }
     eps = {a: (ep("10.180.0.1", 8080),), b: (ep("10.180.0.1", 5353),), c: (ep("10.180.0.1", 9),)}
     text = render(services, eps, CTX)
-    assert "-m udp -p udp -d 172.30.0.41 --dport 53" in text and "--to-destination 10.180.0.1:5353" in text
+    assert (
+        "-m udp -p udp -d 172.30.0.41 --dport 53" in text
+        and "--to-destination 10.180.0.1:5353" in text
+    )
     assert "-m sctp -p sctp -d 172.30.0.41 --dport 9" in text
     assert "-m tcp -p tcp -j DNAT --to-destination 10.180.0.1:8080" in text
 
@@ -224,14 +275,27 @@ def test_conntrack_deletions_for_udp():
     s = svc(u, port=53, proto="UDP", node_port=30053, type="NodePort")
     old = {u: (ep("10.180.0.1"), ep("10.180.0.2"))}
     new = {u: (ep("10.180.0.2"),)}
-    assert stale_entries({u: s}, old, {u: s}, new) == sorted([
-        Deletion("UDP", dst="172.30.0.41", nat="10.180.0.1"), Deletion("UDP", dport=30053, nat="10.180.0.1")])
-    assert stale_entries({u: s}, {}, {u: s}, new) == sorted([
-        Deletion("UDP", dst="172.30.0.41"), Deletion("UDP", dport=30053)])
+    assert stale_entries({u: s}, old, {u: s}, new) == sorted(
+        [
+            Deletion("UDP", dst="172.30.0.41", nat="10.180.0.1"),
+            Deletion("UDP", dport=30053, nat="10.180.0.1"),
+        ]
+    )
+    assert stale_entries({u: s}, {}, {u: s}, new) == sorted(
+        [Deletion("UDP", dst="172.30.0.41"), Deletion("UDP", dport=30053)]
+    )
     t = spn()
     assert stale_entries({t: svc()}, {t: (ep("10.180.0.1"),)}, {t: svc()}, {}) == []
     assert Deletion("UDP", dst="1.2.3.4", nat="10.0.0.1").argv() == [
-        "conntrack", "-D", "-p", "udp", "--orig-dst", "1.2.3.4", "--dst-nat", "10.0.0.1"]
+        "conntrack",
+        "-D",
+        "-p",
+        "udp",
+        "--orig-dst",
+        "1.2.3.4",
+        "--dst-nat",
+        "10.0.0.1",
+    ]
 
 
 def test_cleanup_removes_jumps_and_kube_chains_only():
@@ -261,8 +325,15 @@ def test_cleanup_removes_jumps_and_kube_chains_only():
 # -- a small packet tracer over the rendered nat rules ----------------------------------
 
 
-def trace(text: str, src: str, dst: str, dport: int, proto: str = "tcp", local_dst: bool = False,
-          local_src: bool = False) -> set[tuple[str, bool]]:
+def trace(
+    text: str,
+    src: str,
+    dst: str,
+    dport: int,
+    proto: str = "tcp",
+    local_dst: bool = False,
+    local_src: bool = False,
+) -> set[tuple[str, bool]]:
     """Every (DNAT destination, masqueraded) a packet can end in, following all random branches."""
     chains: dict[str, list[list[str]]] = {}
     for ln in nat(text):
@@ -295,8 +366,25 @@ def trace(text: str, src: str, dst: str, dport: int, proto: str = "tcp", local_d
             elif k == "--rcheck":
                 res = False  # no affinity entry yet
             ok = ok and (res != neg)
-            i += 2 if k in ("-d", "-s", "--dport", "-p", "--dst-type", "--src-type", "--probability",
-                            "-m", "--comment", "--mode", "--name", "--seconds") else 1
+            i += (
+                2
+                if k
+                in (
+                    "-d",
+                    "-s",
+                    "--dport",
+                    "-p",
+                    "--dst-type",
+                    "--src-type",
+                    "--probability",
+                    "-m",
+                    "--comment",
+                    "--mode",
+                    "--name",
+                    "--seconds",
+                )
+                else 1
+            )
         return ok, rnd
 
     out: set[tuple[str, bool]] = set()
@@ -324,18 +412,34 @@ def trace(text: str, src: str, dst: str, dport: int, proto: str = "tcp", local_d
 
 def test_trace_cluster_ip_nodeport_and_hairpin():
     s2 = spn("ns2", "svc2")
-    services = {spn(): svc(), s2: svc(s2, ip="172.30.0.42", node_port=30080, type="NodePort", external_local=True)}
-    eps = {spn(): (ep("10.0.0.5"), ep("10.180.0.2", node="node2")),
-           s2: (ep("10.0.0.6"), ep("10.180.0.3", node="node2"))}
+    services = {
+        spn(): svc(),
+        s2: svc(s2, ip="172.30.0.42", node_port=30080, type="NodePort", external_local=True),
+    }
+    eps = {
+        spn(): (ep("10.0.0.5"), ep("10.180.0.2", node="node2")),
+        s2: (ep("10.0.0.6"), ep("10.180.0.3", node="node2")),
+    }
     text = render(services, eps, CTX)
     # from a pod: both endpoints, no masquerade (except hairpin to itself)
-    assert trace(text, "10.0.0.2", "172.30.0.41", 80) == {("10.0.0.5:80", False), ("10.180.0.2:80", False)}
+    assert trace(text, "10.0.0.2", "172.30.0.41", 80) == {
+        ("10.0.0.5:80", False),
+        ("10.180.0.2:80", False),
+    }
     assert ("10.0.0.5:80", True) in trace(text, "10.0.0.5", "172.30.0.41", 80)  # hairpin
     # from outside the cluster CIDR: masqueraded
-    assert trace(text, "192.168.1.1", "172.30.0.41", 80) == {("10.0.0.5:80", True), ("10.180.0.2:80", True)}
+    assert trace(text, "192.168.1.1", "172.30.0.41", 80) == {
+        ("10.0.0.5:80", True),
+        ("10.180.0.2:80", True),
+    }
     # NodePort with externalTrafficPolicy Local from outside: local endpoint only, client IP kept
-    assert trace(text, "192.168.1.1", "172.30.5.11", 30080, local_dst=True) == {("10.0.0.6:80", False)}
+    assert trace(text, "192.168.1.1", "172.30.5.11", 30080, local_dst=True) == {
+        ("10.0.0.6:80", False)
+    }
     # ... from a pod: short-circuited to the cluster chain (any endpoint)
-    assert {d for d, _ in trace(text, "10.0.0.9", "172.30.5.11", 30080, local_dst=True)} == {"10.0.0.6:80", "10.180.0.3:80"}
+    assert {d for d, _ in trace(text, "10.0.0.9", "172.30.5.11", 30080, local_dst=True)} == {
+        "10.0.0.6:80",
+        "10.180.0.3:80",
+    }
     # wrong port: nothing
     assert trace(text, "10.0.0.2", "172.30.0.41", 81) == set()

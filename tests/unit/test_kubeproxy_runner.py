@@ -11,7 +11,11 @@ from kubeproxy.runner import Runner
 def test_durations_and_addresses():
     assert parse_duration("0s") == 0.0
     assert parse_duration("100ms") == pytest.approx(0.1)
-    assert parse_duration("30s") == 30.0 and parse_duration("5m") == 300.0 and parse_duration("2") == 2.0
+    assert (
+        parse_duration("30s") == 30.0
+        and parse_duration("5m") == 300.0
+        and parse_duration("2") == 2.0
+    )
     with pytest.raises(ValueError):
         parse_duration("fast")
     assert parse_hostport("127.0.0.1:10249") == ("127.0.0.1", 10249)
@@ -33,14 +37,19 @@ class FakeProxier:
 
 
 def service(name, ports, ns="default"):
-    return {"metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
-            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10", "ports": ports}}
+    return {
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10", "ports": ports},
+    }
 
 
 def eslice(name, svc, ips, port=8080, ns="default"):
-    return {"metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips]}
+    return {
+        "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
+    }
 
 
 async def test_events_fold_into_maps_and_untouched_entries_keep_identity():
