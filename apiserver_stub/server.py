@@ -13,7 +13,6 @@ import base64
 import binascii
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -782,6 +781,3 @@ async def run(cfg: Config) -> None:
             await asyncio.sleep(3600)
     finally:
         await runner.cleanup()
-
-
-_ = time
