@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 
 import click
 
-from . import ALL_MODES, SECTIONS, Params, run
+from . import ALL_MODES, SECTIONS, Params, report, run
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,12 +36,23 @@ from . import ALL_MODES, SECTIONS, Params, run
     show_default=True,
     help="Underlay of the overlay section's own testbed (built after the lab is down).",
 )
+@click.option(
+    "--markdown",
+    "markdown_of",
+    default=None,
+    metavar="JSON",
+    help="Print the tables of an earlier run's bench.json as Markdown and exit.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def main(quick: bool, out_dir: str, modes: str, sections: str, prefix: str, node_cidr: str,
-         overlay_underlay: str, verbose: bool) -> None:  # fmt: skip
+         overlay_underlay: str, markdown_of: str | None, verbose: bool) -> None:  # fmt: skip
     """Benchmark the proxy modes side by side on one lab (root; takes its lab down at the end)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
+    if markdown_of:
+        with open(markdown_of, encoding="utf-8") as f:
+            click.echo(report.markdown(json.load(f)), nl=False)
+        return
     if os.geteuid() != 0:
         sys.exit("bench: run as root (it builds network namespaces)")
     wanted = [s for s in sections.split(",") if s]

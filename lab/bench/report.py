@@ -252,3 +252,56 @@ def charts(figs: Mapping[str, Figure], out_dir: str) -> list[str]:
         plt.close(fig)
         written.append(p)
     return written
+
+
+def _md(f: Figure | None, ratio: bool = True) -> str:
+    if not f or f["median"] is None:
+        return "–"
+    s = _fmt(f["median"], f["unit"])
+    if f["n"] > 1:
+        s += f" ({_fmt(f['min'], f['unit'])}–{_fmt(f['max'], f['unit'])})"
+    if ratio and f.get("baseline") and f.get("ratio") is not None:
+        s += f" **×{f['ratio']:.2f}**"
+    return s
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The tables of a run as Markdown (docs/benchmarks.md is written from it)."""
+    figs: Mapping[str, Figure] = result["figures"]
+    lines: list[str] = []
+    cols = [("http_rps", "HTTP req/s"), ("http_p50_ms", "p50 ms"), ("http_p90_ms", "p90 ms"),
+            ("http_p99_ms", "p99 ms"), ("conn_rps", "new conn/s"), ("tcp_gbps", "TCP Gbit/s"),
+            ("udp_rr_per_s", "UDP req/resp/s")]  # fmt: skip
+    lines += ["| client | mode | " + " | ".join(c for _, c in cols) + " |",
+              "|---|---|" + "---:|" * len(cols)]  # fmt: skip
+    for pl in ("same_node", "other_node"):
+        for m in _modes(figs, "datapath", 2):
+            lines.append(f"| {pl.replace('_', ' ')} | {m} | "
+                         + " | ".join(_md(figs.get(f"datapath.{pl}.{m}.{k}")) for k, _ in cols)
+                         + " |")  # fmt: skip
+    lines += ["", "| mode | services | full sync | first packet via ClusterIP, µs | "
+              "to the pod IP with the rules loaded, µs |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    sizes = sorted(
+        {int(k.rsplit(".", 1)[1]) for k in figs if k.startswith("controlplane.full_sync.")}
+    )
+    for m in _modes(figs, "controlplane.full_sync", 2):
+        for n in sizes:
+            lines.append(f"| {m} | {n:,} | {_md(figs.get(f'controlplane.full_sync.{m}.{n}'))} | "
+                         f"{_md(figs.get(f'controlplane.first_packet.{m}.{n}'))} | "
+                         f"{_md(figs.get(f'controlplane.first_packet_pod_ip.{m}.{n}'))} |")  # fmt: skip
+    lines += ["", "| mode | endpoint change in the API → traffic (lab) | "
+              "sync → live at the largest size |", "|---|---:|---:|"]  # fmt: skip
+    for m in _modes(figs, "controlplane.change_to_traffic", 2):
+        lines.append(f"| {m} | {_md(figs.get(f'controlplane.change_to_traffic.{m}'))} | "
+                     f"{_md(figs.get(f'controlplane.change_live_at_max.{m}'))} |")  # fmt: skip
+    lines += ["", "| names | queries/s | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
+    for kind in ("internal", "nxdomain", "forwarded", "bare_loop"):
+        lines.append(f"| {kind} | " + " | ".join(_md(figs.get(f"dns.{kind}.{k}"))
+                                                 for k in ("qps", "p50_ms", "p99_ms")) + " |")  # fmt: skip
+    labels = {k: v.get("label", k) for k, v in result.get("raw", {}).get("overlay", {})
+              .get("throughput_bps", {}).items()}  # fmt: skip
+    lines += ["", "| path | TCP Gbit/s |", "|---|---:|"]
+    for k, f in figs.items():
+        if k.startswith("overlay."):
+            lines.append(f"| {labels.get(k.split('.')[1], k)} | {_md(f)} |")
+    return "\n".join(lines) + "\n"
