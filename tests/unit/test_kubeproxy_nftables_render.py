@@ -336,3 +336,25 @@ def test_maps_session_affinity_keeps_per_service_chains():
     f = render_service(svc(session_affinity_timeout=300), eps("10.244.1.2"), MAPS)
     assert f.shared == () and f.hairpin == ()
     assert "service-ULMVA6XW-ns1/svc1/tcp/p80" in chains(f) and len(f.sets) == 1
+
+
+def test_maps_plain_cluster_ip_fast_path_equals_general_path():
+    from kubeproxy.nftables.render import _render_plain_cluster_ip, _render_service
+
+    term = Endpoint("10.244.0.9", 80, ready=False, serving=True, terminating=True, node_name="n1")
+    gone = Endpoint("10.244.0.8", 80, ready=False, serving=False, node_name="n2")
+    cases = [
+        (),
+        eps("10.244.1.2"),
+        eps("10.244.2.3", "10.244.1.2", "10.244.1.10"),
+        eps("10.244.1.2") + eps("10.244.1.2", node="n2"),  # same IP twice
+        (term,),
+        (term, gone),
+        (gone,),
+        (term,) + eps("10.244.3.3", node="n2"),
+    ]
+    for ctx in (MAPS, NodeContext(node_name="n1", masquerade_all=True), NodeContext()):
+        for proto in ("TCP", "UDP", "SCTP"):
+            s = svc(protocol=proto)
+            for e in cases:
+                assert _render_plain_cluster_ip(s, e, ctx) == _render_service(s, e, ctx), (e, ctx)
