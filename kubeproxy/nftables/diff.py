@@ -2,8 +2,9 @@
 
 ``full(state, existing_chains, existing_sets)``: the whole table, for the first sync, a
 periodic resync and after any failure. ``add table`` + ``flush table`` (every chain of ours
-emptied, so rules removed or edited by hand come back), the four verdict maps flushed and
-refilled, every chain and set declared, every rule added, and whatever exists in the kernel
+emptied, so rules removed or edited by hand come back), the verdict maps, endpoint maps and
+the hairpin set flushed and refilled, every chain (shared ones included) and set declared,
+every rule added, and whatever exists in the kernel
 but is no longer wanted deleted. Affinity sets are declared, never flushed, so sticky
 clients stay sticky across a resync.
 
@@ -12,8 +13,9 @@ Fragments the renderer did not re-render are the same objects, so finding the ch
 service ports is one identity check each -- or nothing at all when ``new`` was rendered
 right after ``prev`` (its ``changed`` says which); the text is proportional to the change.
 Order inside the transaction: declare new chains and sets, flush the changed chains, add
-their rules, delete map elements that went away (or changed value), add the new ones, then
-flush and delete stale chains and sets. The whole text is one atomic nft transaction.
+their rules, delete map elements that went away (or changed value), add the new ones,
+update the hairpin pairs (by reference count), then flush and delete stale chains (shared
+ones no longer used included) and sets. The whole text is one atomic nft transaction.
 Returns "" when nothing changed.
 """
 

@@ -3,25 +3,29 @@
 ``Renderer.render(services, endpoints, ctx)`` turns the service-port map and the endpoints
 map (keyed by ``ServicePortName``, built by ``kubecommon.model``) plus the node's context
 into a ``TableState``: the table's fixed skeleton (``BaseState``: base chains, top-level
-chains, verdict maps) and one ``ServiceFragment`` per service port (its chains with their
-rules, its affinity sets, and its elements in the verdict maps). ``diff.py`` turns two
-states into ``nft -f`` text. No I/O here.
+chains, maps and sets), one ``ServiceFragment`` per service port (its elements in the
+maps; in kube-proxy's layout also its chains, rules and affinity sets), the shared chains
+in use and the hairpin pairs. ``diff.py`` turns two states into ``nft -f`` text. No I/O.
 
-Layout, as kube-proxy's nftables mode lays it out (table ``ip kube-proxy``):
+Default layout ("maps", see CHOICES), table ``ip kube-proxy``:
 
     nat-prerouting / nat-output  -> services:
         ip daddr . meta l4proto . th dport vmap @service-ips      (ClusterIP, external, LB IPs)
         fib daddr type local ... meta l4proto . th dport vmap @service-nodeports
-    @service-ips / @service-nodeports -> service-<h>-ns/name/proto/port (cluster policy)
-                                      -> local-<h>-...   (local policy)
-                                      -> external-<h>-... (NodePort / external destinations)
-    service-/local- chains: [ip saddr @affinity-<h> goto endpoint-<h>...]
-                            numgen random mod (N-i) == 0 goto endpoint-i ... (or one vmap, see CHOICES)
-    endpoint-<h>-ns/name/proto/port__ip/port: hairpin mark, [update @affinity], dnat
-    nat-postrouting -> masquerading: masquerade what mark-for-masquerade marked (0x4000)
+    @service-ips / @service-nodeports -> shared chains named by protocol and endpoint count:
+        clusterip-tcp-2: [masquerade off-cluster clients] dnat via @service-endpoints-tcp
+        external-[nodeport-]tcp-2: masquerade, dnat           (Cluster external policy)
+        external-local-[nodeport-]tcp-2-1: pods/node -> pick-…-2, others -> local endpoints
+    @service-endpoints-tcp: "10.96.0.10 . 80 . <numgen random mod N>" : "10.244.1.2 . 8080"
+    nat-postrouting -> masquerading: hairpin pairs (ip saddr . ip daddr @hairpin-endpoints)
+        and what mark-for-masquerade marked (0x4000) are masqueraded
     filter-input/forward/output (ct state new) -> endpoints-check:
         vmap @no-endpoint-services / @no-endpoint-nodeports   (goto reject-chain, or drop)
     filter-forward -> forward: ct state invalid drop
+
+kube-proxy's layout ("rules"/"vmap", and services with session affinity in any case): the
+verdict maps point at per-service chains service-/local-/external-<h>-ns/name/proto/port,
+which pick endpoint-<h>-…__ip/port chains (hairpin mark, [update @affinity-…], dnat).
 
 Memoisation: each service port's fragment is cached keyed by (service, endpoints, context),
 so after one endpoint change only that service port is rendered again, and unchanged
