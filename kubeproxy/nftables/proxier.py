@@ -28,7 +28,8 @@ log = logging.getLogger("kubeproxy")
 
 LIBERAL = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
 ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
-CHOICE_ENV = "KUBEPROXY_NFT_ENDPOINT_CHOICE"  # "rules" (default) | "vmap" (kube-proxy's layout)
+# "maps" (default) | "rules" | "vmap": see render.CHOICES
+CHOICE_ENV = "KUBEPROXY_NFT_ENDPOINT_CHOICE"
 
 
 @dataclass
