@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import subprocess
 import sys
 import time
@@ -118,8 +119,10 @@ class Node:
     def down(self) -> None:
         self.stop_procs()
         listed = sh("ip", "netns", "list", check=False).stdout.split()
+        mine = re.compile(rf"{re.escape(self.prefix)}-(node|pod\d+)")
         for name in listed:
-            if name.startswith(f"{self.prefix}-"):
+            # exactly ours: prefix "ust" must not take "ust-b-*" of a benchmark running beside
+            if mine.fullmatch(name):
                 # processes still inside (from a crashed run) would keep it alive
                 pids = sh("ip", "netns", "pids", name, check=False).stdout.split()
                 for pid in pids:
