@@ -10,38 +10,19 @@ one-endpoint change small even with 10,000 services.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from kubecommon.model import Endpoint, NodeInfo, ServicePortInfo, ServicePortName
 
+from .. import conntrack, host
 from ..config import ProxyConfig
-from . import conntrack
 from .apply import Applier, chains_in
 from .cleanup import cleanup as cleanup_tables
 from .render import FILTER_CHAINS, NAT_CHAINS, NodeContext, Renderer, Ruleset, is_service_chain
 
 log = logging.getLogger("kubeproxy")
-
-LIBERAL = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
-ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
-
-
-def local_ipv4s() -> list[str]:
-    """IPv4 addresses of this network namespace."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return sorted({a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)})
-
-
-def nodeport_ips(cidrs: tuple[str, ...], addrs: list[str]) -> tuple[str, ...]:
-    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-    return tuple(a for a in addrs if any(ipaddress.ip_address(a) in n for n in nets))
-
 
 @dataclass
 class SyncStats:
@@ -78,16 +59,7 @@ class IptablesProxier:
     # -- Proxier protocol -------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            self._liberal = LIBERAL.read_text().strip() not in ("", "0")
-        except OSError:
-            self._liberal = False
-        if self.config.localhost_nodeports:
-            try:
-                ROUTE_LOCALNET.write_text("1")
-                log.info("route_localnet=1 for NodePorts on 127.0.0.1 (--iptables-localhost-nodeports)")
-            except OSError as e:
-                log.warning("cannot set route_localnet: %s", e)
+        self._liberal = host.prepare_node(self.config)
 
     def on_node(self, node: NodeInfo) -> None:
         self.node = node
@@ -97,14 +69,11 @@ class IptablesProxier:
 
     def context(self) -> NodeContext:
         cfg = self.config
-        np_ips = None
-        if cfg.nodeport_addresses:
-            np_ips = nodeport_ips(cfg.nodeport_addresses, local_ipv4s())
         return NodeContext(
             node_name=cfg.hostname_override,
             cluster_cidr=cfg.cluster_cidr,
             masquerade_all=cfg.masquerade_all,
-            nodeport_ips=np_ips,
+            nodeport_ips=host.configured_nodeport_ips(cfg),
             localhost_nodeports=cfg.localhost_nodeports,
             conntrack_tcp_liberal=self._liberal,
         )

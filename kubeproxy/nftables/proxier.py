@@ -13,12 +13,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from kubecommon.model import Endpoint, NodeInfo, ServicePortInfo, ServicePortName
 
+from .. import conntrack, host
 from ..config import ProxyConfig
-from ..iptables import conntrack
 from . import diff
 from .apply import NftApplier
 from .cleanup import cleanup as cleanup_table
@@ -26,8 +25,6 @@ from .render import CHOICES, NodeContext, Renderer, TableState
 
 log = logging.getLogger("kubeproxy")
 
-LIBERAL = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
-ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
 # "maps" (default) | "rules" | "vmap": see render.CHOICES
 CHOICE_ENV = "KUBEPROXY_NFT_ENDPOINT_CHOICE"
 
@@ -77,16 +74,7 @@ class NftablesProxier:
     # -- Proxier protocol -------------------------------------------------------------
 
     async def start(self) -> None:
-        try:
-            self._liberal = LIBERAL.read_text().strip() not in ("", "0")
-        except OSError:
-            self._liberal = False
-        if self.config.localhost_nodeports:
-            try:
-                ROUTE_LOCALNET.write_text("1")
-                log.info("route_localnet=1 for NodePorts on 127.0.0.1")
-            except OSError as e:
-                log.warning("cannot set route_localnet: %s", e)
+        self._liberal = host.prepare_node(self.config)
 
     def on_node(self, node: NodeInfo) -> None:
         self.node = node
@@ -98,16 +86,11 @@ class NftablesProxier:
 
     def context(self) -> NodeContext:
         cfg = self.config
-        np_ips = None
-        if cfg.nodeport_addresses:
-            from ..iptables.proxier import local_ipv4s, nodeport_ips
-
-            np_ips = nodeport_ips(cfg.nodeport_addresses, local_ipv4s())
         return NodeContext(
             node_name=cfg.hostname_override,
             cluster_cidr=cfg.cluster_cidr,
             masquerade_all=cfg.masquerade_all,
-            nodeport_ips=np_ips,
+            nodeport_ips=host.configured_nodeport_ips(cfg),
             localhost_nodeports=cfg.localhost_nodeports,
             conntrack_tcp_liberal=self._liberal,
             endpoint_choice=self.endpoint_choice,

@@ -11,8 +11,8 @@ import shlex
 import textwrap
 
 from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
+from kubeproxy.conntrack import Deletion, stale_entries
 from kubeproxy.iptables.cleanup import cleanup_input
-from kubeproxy.iptables.conntrack import Deletion, stale_entries
 from kubeproxy.iptables.render import (
     NodeContext,
     Renderer,

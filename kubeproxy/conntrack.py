@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
 
-from .apply import run
+from .iptables.apply import run
 
 log = logging.getLogger("kubeproxy")
 

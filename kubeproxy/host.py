@@ -1,0 +1,58 @@
+"""What the kernel modes (iptables, nftables) read from and set on the node they run on.
+
+The node's addresses (for ``--nodeport-addresses``), whether conntrack is TCP-liberal (then
+kube-proxy need not drop ctstate INVALID), and ``route_localnet`` for NodePorts on
+127.0.0.1 when asked for. One place, so the modes cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+from .config import ProxyConfig
+
+log = logging.getLogger("kubeproxy")
+
+LIBERAL = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
+ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
+
+
+def local_ipv4s() -> list[str]:
+    """IPv4 addresses of this network namespace."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return sorted({a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)})
+
+
+def nodeport_ips(cidrs: tuple[str, ...], addrs: list[str]) -> tuple[str, ...]:
+    """The node addresses inside ``--nodeport-addresses`` CIDRs."""
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    return tuple(a for a in addrs if any(ipaddress.ip_address(a) in n for n in nets))
+
+
+def configured_nodeport_ips(config: ProxyConfig) -> tuple[str, ...] | None:
+    """None means every local address (kube-proxy's default)."""
+    if not config.nodeport_addresses:
+        return None
+    return nodeport_ips(config.nodeport_addresses, local_ipv4s())
+
+
+def conntrack_tcp_liberal() -> bool:
+    try:
+        return LIBERAL.read_text().strip() not in ("", "0")
+    except OSError:
+        return False
+
+
+def prepare_node(config: ProxyConfig) -> bool:
+    """Sysctls a kernel mode needs at start; returns whether conntrack is TCP-liberal."""
+    if config.localhost_nodeports:
+        try:
+            ROUTE_LOCALNET.write_text("1")
+            log.info("route_localnet=1 for NodePorts on 127.0.0.1 (--iptables-localhost-nodeports)")
+        except OSError as e:
+            log.warning("cannot set route_localnet: %s", e)
+    return conntrack_tcp_liberal()
