@@ -180,6 +180,8 @@ def run(
     modes, skipped = available_modes(list(modes))
     for m, why in skipped.items():
         console.print(f"[yellow]mode {m} skipped:[/] {why}")
+    if not modes:
+        raise ValueError(f"no proxy mode to compare with the direct pod IP ({skipped})")
     result: dict[str, Any] = {
         "command": "netns-lab.sh bench" + (" --quick" if quick else ""),
         "quick": quick,

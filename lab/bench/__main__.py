@@ -61,7 +61,10 @@ def main(quick: bool, out_dir: str, modes: str, sections: str, prefix: str, node
         raise click.BadParameter(f"unknown sections {sorted(bad)}; known: {', '.join(SECTIONS)}")
     params = Params.for_run(quick, prefix=prefix, node_cidr=node_cidr, sections=tuple(wanted),
                             overlay_underlay=overlay_underlay)  # fmt: skip
-    result = run(quick, out_dir, [m for m in modes.split(",") if m], params=params)
+    try:
+        result = run(quick, out_dir, [m for m in modes.split(",") if m], params=params)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     sys.exit(1 if result["errors"] else 0)
 
 
