@@ -10,6 +10,7 @@ the table shows medians and ratios to direct from the same run:
 - iperf3 bulk TCP throughput (one stream)
 - wrk keep-alive requests/s and latency p50/p99
 - wrk one-connection-per-request (``Connection: close``) requests/s and p50/p99
+Ratios: of the medians, and "(paired)" the median of each repetition's ratio.
 """
 
 from __future__ import annotations
@@ -235,6 +236,19 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
         }
         for m, vals in med.items()
     }
+    # each repetition measures every mode back to back: the median of the per-repetition
+    # ratios cancels most of a shared machine's drifting load
+    paired = {
+        m: {
+            k: statistics.median(
+                r[k] / d[k] if d[k] else float("nan")
+                for r, d in zip(rs, runs["direct"], strict=False)
+            )
+            for k, _, _ in METRICS
+        }
+        for m, rs in runs.items()
+        if rs and m != "direct" and runs.get("direct")
+    }
     table = Table(
         title=f"kube-proxy userspace vs direct (medians of {reps}, {duration}s each, wrk -c{connections})"
     )
@@ -243,12 +257,14 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
         table.add_column(m, justify="right")
         if m != "direct":
             table.add_column(f"{m}/direct", justify="right")
+            table.add_column("(paired)", justify="right")
     for k, label, _ in METRICS:
         cells = []
         for m in med:
             cells.append(f"{med[m][k]:.2f}")
             if m != "direct":
                 cells.append(f"{ratios[m][k]:.2f}")
+                cells.append(f"{paired[m][k]:.2f}" if m in paired else "")
         table.add_row(label, *cells)
     Console(width=max(Console().width, 120)).print(table)
     result = {
@@ -259,6 +275,7 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
         "runs": runs,
         "median": med,
         "ratio_to_direct": ratios,
+        "paired_ratio_to_direct": paired,
     }
     if json_path:
         with open(json_path, "w") as f:
