@@ -31,6 +31,7 @@ from . import agents as ag
 from . import cleanup
 from . import topology as topo
 from .cluster import Lab, LabError, node_ready, pod_ready
+from .config import PROXY_MODES
 
 console = Console()
 err_console = Console(stderr=True)
@@ -167,7 +168,7 @@ def do_up(lab: Lab) -> None:
 )
 @click.option(
     "--proxy-mode",
-    type=click.Choice(["iptables", "userspace"]),
+    type=click.Choice(list(PROXY_MODES)),
     default="iptables",
     show_default=True,
 )
@@ -471,7 +472,7 @@ def logs(
 @click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 200))
 @click.option(
     "--proxy-mode",
-    type=click.Choice(["iptables", "userspace"]),
+    type=click.Choice(list(PROXY_MODES)),
     default="iptables",
     show_default=True,
 )

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import topology as topo
 
-PROXY_MODES = ("iptables", "userspace")
+PROXY_MODES = ("iptables", "userspace", "nftables")
 OVERLAYS = ("vxlan", "host-gw")
 STATE_FILE = "state.json"
 
