@@ -225,10 +225,10 @@ def us(lab) -> Iterator[Env]:
         # every node's proxy knows all four endpoints before the tests look
         for node in nodes:
             wait_for(
-                lambda node=node: {
-                    _try(env.node_http, node, f"http://{env.cluster_ip}/") for _ in range(8)
-                }
-                >= set(pods),
+                lambda node=node: (
+                    {_try(env.node_http, node, f"http://{env.cluster_ip}/") for _ in range(8)}
+                    >= set(pods)
+                ),
                 20,
                 f"all endpoints behind the ClusterIP from {node}",
             )
