@@ -237,8 +237,13 @@ def us(lab) -> Iterator[Env]:
         try:
             _delete_namespace(lab, ns, list(pods))
         finally:
-            for node in switched:
-                switch_mode(lab, node, lab.config.proxy_mode)
+            failed: list[str] = []
+            for node in switched:  # every node, even when one of them fails
+                try:
+                    switch_mode(lab, node, lab.config.proxy_mode)
+                except Exception as e:
+                    failed.append(f"{node}: {e}")
+            assert not failed, "switching back to iptables mode failed: " + "; ".join(failed)
             for node in switched:
                 left = saved_rules(lab, node)
                 assert no_userspace_rules(left), f"userspace rules left on {node}:\n{left}"
