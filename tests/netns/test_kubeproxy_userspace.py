@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -149,6 +150,7 @@ def cluster():
         assert "KUBE-PORTALS" not in left and "KUBE-NODEPORT" not in left, left
     finally:
         node.down()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pod_of(answer: str) -> str:
