@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from ipaddress import IPv4Network
@@ -47,6 +48,8 @@ def main(
 ) -> None:
     """Give every pod a route to every other pod across nodes (flannel: vxlan or host-gw)."""
     log = knl_log.setup("overlay", log_level)
+    # pyroute2 logs every netlink message at DEBUG: that costs more than the sync it traces
+    logging.getLogger("pyroute2").setLevel(logging.INFO)
     try:
         network = IPv4Network(cluster_cidr)
     except ValueError as e:

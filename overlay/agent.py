@@ -10,8 +10,11 @@ Start-up, as flanneld with the kube subnet manager does it:
    (atomically), then publish our lease (annotations) and NetworkUnavailable=False, so a
    peer that sees us already finds the return path in place.
 
-Then event-driven: every Node event wakes one sync (the backend diffs against the kernel,
-so a burst of events costs one pass and a no-op sync writes nothing). Failures retry with
+Then event-driven: every Node event wakes one sync; a burst of events costs one pass. A
+sync whose leases equal those of the last complete sync stops there (most Node events —
+heartbeats, conditions, a node that has not published yet — change no lease), otherwise
+the backend diffs against the kernel and writes only the difference. A failed sync forgets
+what it applied, so the retry diffs against the kernel again. Failures retry with
 backoff. While the API is away nothing changes: the informer keeps its cache, the data path
 stays as it is, and a relist when the API is back brings any difference in.
 """
@@ -82,6 +85,7 @@ class Agent:
         self.informer.add_handler(self._on_event)
         self._wake = asyncio.Event()
         self.local: Lease | None = None
+        self._applied: tuple[Lease, ...] | None = None  # leases of the last complete sync
         self.ready = asyncio.Event()  # set after the first successful sync + publish
 
     def _relevant(self, node: dict | None) -> tuple:
@@ -100,6 +104,9 @@ class Agent:
     def _on_event(self, etype: str, new: dict | None, old: dict | None) -> None:
         # kubelet heartbeats (status-only updates) do not wake a sync
         if etype != "MODIFIED" or self._relevant(new) != self._relevant(old):
+            log.debug(
+                "%s %s wakes a sync", etype, ((new or old or {}).get("metadata") or {}).get("name")
+            )
             self._wake.set()
 
     def _own(self) -> dict | None:
@@ -233,8 +240,15 @@ class Agent:
                 try:
                     self._check_own()
                     # peers first, then our lease: whoever sees us finds the way back in place
+                    leases = self._leases()
                     try:
-                        await self.backend.sync(self.local, self._leases())  # type: ignore[arg-type]
+                        # a Node event that changes no lease (another node's heartbeat,
+                        # condition, or a node not yet published) costs no kernel round trip
+                        if leases != self._applied:
+                            log.debug("sync: %d leases", len(leases))
+                            self._applied = None
+                            await self.backend.sync(self.local, leases)  # type: ignore[arg-type]
+                            self._applied = leases
                     finally:
                         if not configured:
                             self._write_local_config()

@@ -15,6 +15,7 @@ VTEP MAC, no flap), so restarting the agent changes nothing and drops no packet.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import socket
@@ -226,6 +227,7 @@ class VxlanBackend:
         self._spec: DeviceSpec | None = None
         self._index = 0
         self._mac = ""
+        self._have: KernelEntries | None = None  # our entries as the last complete sync left them
 
     @property
     def mtu(self) -> int:
@@ -325,16 +327,44 @@ class VxlanBackend:
                 await ipr.addr("add", index=index, address=str(spec.address.ip), prefixlen=32)
         if not info["up"]:
             await ipr.link("set", index=index, state="up")
+        if index != self._index:
+            self._have = None
         self._index, self._mac, self._spec = index, mac, spec
         return mac
 
     async def prepare(self, ext: ExternalInterface) -> None:
-        """flannel.1 up before the lease is known: a joining node then only adds its address."""
+        """flannel.1 up before the lease is known: a joining node then only adds its address.
+
+        Reading flannel.1's entries here, while the agent still waits for its Node, takes the
+        one-off cost of the first dump off the join path (the first sync diffs against it).
+        """
         await self.ensure_device(device_spec(ext, None))
+        self._have = await self.read()
+
+    async def _add_address(self, spec: DeviceSpec) -> bool:
+        """Only the lease's address on the flannel.1 that prepare() just checked (the join
+        path: decoding the link twice more costs tens of ms of CPU). False when the device is
+        not the one prepare() left, or carries other addresses: then the full check runs."""
+        if self._spec is None or not self._index or spec.address is None:
+            return False
+        if dataclasses.replace(self._spec, address=spec.address) != spec:
+            return False
+        ipr = await self._nl()
+        try:
+            addrs = await ipv4_addresses(ipr, self._index)
+            if any(a != spec.address for a in addrs):
+                return False
+            if spec.address not in addrs:
+                await ipr.addr("add", index=self._index, address=str(spec.address.ip), prefixlen=32)
+        except Exception as e:  # gone or changed since prepare(): let ensure_device sort it out
+            log.debug("fast address path failed (%s); checking %s in full", e, spec.name)
+            return False
+        self._spec = spec
+        return True
 
     async def setup(self, ext: ExternalInterface, subnet: IPv4Network) -> Lease:
         spec = device_spec(ext, subnet)
-        mac = await self.ensure_device(spec)
+        mac = self._mac if await self._add_address(spec) else await self.ensure_device(spec)
         return Lease(
             subnet=subnet, node="", public_ip=ext.ip, backend_type=VXLAN, vtep_mac=mac, vni=VNI
         )
@@ -471,12 +501,24 @@ class VxlanBackend:
         return errors
 
     async def sync(self, local: Lease, leases: Sequence[Lease]) -> None:
-        p = plan(render_peers(local, leases), await self.read())
+        """Diff against the kernel (first sync, or after a failure) or against what the last
+        complete sync left there (every later one: a joining peer costs its three writes and
+        no dump of the neighbour, FDB and route tables)."""
+        peers = render_peers(local, leases)
+        current = self._have if self._have is not None else await self.read()
+        p = plan(peers, current)
         if p.empty:
+            self._have = current
             return
+        self._have = None
         errors = await self.apply(p)
         if errors:
             raise OverlayError("; ".join(errors))
+        self._have = KernelEntries(
+            frozenset(x.neighbour for x in peers),
+            frozenset(x.fdb for x in peers),
+            frozenset(x.route for x in peers),
+        )
 
     async def cleanup(self) -> None:
         """Deleting flannel.1 takes its neighbours, FDB entries and routes with it."""
