@@ -8,19 +8,24 @@ throughput for:
 
     underlay            node -> node on the fabric (the baseline)
     hand-built vxlan    hb1 -> hb2 over a hand-made vxlan device
+    hand-built pod path pod on hp1 -> pod on hp2: veth + cni0 on both ends (same MTU as
+                        ours), a hand-made vxlan device with static neighbour/FDB/route
+    hand-built routed   pod on hr1 -> pod on hr2: the same pod hops, plain routes between
+                        the nodes (what host-gw installs), made by hand
     vxlan pod-to-pod    pod on vx1 -> pod on vx2 through flannel.1 (ours)
     vxlan node-to-node  vx1 -> vx2's flannel.1 address (ours, without the pod hops)
     host-gw pod-to-pod  pod on gw1 -> pod on gw2 (ours)
     host-gw node-to-pod-net  gw1 -> gw2's cni0 address over our route (ours, no pod hops)
 
-The pod rows carry two more veth pairs, two bridges and two forwarding hops than the node
-rows, which the baselines do not have; the node rows compare like with like (same hops,
-only the overlay differs). Ratios are also computed per repetition (each repetition runs
+Like for like: our pod rows against the hand-built pod paths (same veth pairs, bridges,
+forwarding hops and MTU; only who built the way between the nodes differs), our node rows
+against the hand-built pair and the underlay. Ratios are also computed per repetition (each repetition runs
 every path back to back), and their median is reported, which cancels slow drifts in the
 machine's load.
 
-and the time from a new Node appearing in the API (its agent already running and waiting,
-as flanneld waits for its node) to its pod being reachable by TCP from a pod on vx1, plus
+And the time from a new Node appearing in the API (its agent already running and waiting,
+as flanneld waits for its node) to its pod being reachable by TCP from a pod on vx1 (a new
+SYN every millisecond on its own socket, so no figure waits on a SYN retransmit), plus
 the time from starting the agent (Node already there) to reachable. Prints a table (median,
 min, max, ratios to the baseline measured in the same run) and writes JSON.
 """
