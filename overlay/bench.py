@@ -1,6 +1,6 @@
 """``python -m overlay.bench``: what the overlay costs, measured in one run on one machine.
 
-Builds its own namespaces (prefix "ovb", underlay 172.30.5.0/24, API stub on the fabric):
+Builds its own namespaces (prefix "ovb", underlay 172.30.10.0/24, API stub on the fabric):
 nodes vx1/vx2 running our agent with the vxlan backend, gw1/gw2 with host-gw, hb1/hb2 with
 a VXLAN pair built by hand (the kernel's ceiling, nothing of ours involved), and one pod
 behind cni0 on each agent node. Then, interleaved over several repetitions, iperf3 TCP
@@ -356,7 +356,7 @@ def show(res: dict[str, Any], console: Console) -> None:
 @click.option("--seconds", default=3.0, show_default=True, help="Length of each iperf3 run.")
 @click.option("--joins", default=5, show_default=True, help="Node joins to time (per mode).")
 @click.option("--prefix", default="ovb", show_default=True)
-@click.option("--underlay", default="172.30.5.0/24", show_default=True)
+@click.option("--underlay", default="172.30.10.0/24", show_default=True, help="Underlay network of the bench (distinct from the test suites' 172.30.4-9.0/24).")
 @click.option("--output", default="overlay-bench.json", show_default=True, help="JSON results.")
 def main(reps: int, seconds: float, joins: int, prefix: str, underlay: str, output: str) -> None:
     """Measure the overlay's throughput and join latency against kernel baselines."""
