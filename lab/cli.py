@@ -96,6 +96,47 @@ def prefix_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def lab_shape_options(min_nodes: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options that say what lab to build (shared by ``up`` and ``demo``)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(
+            [
+                click.option(
+                    "--nodes",
+                    default=2,
+                    show_default=True,
+                    type=click.IntRange(min_nodes, 200),
+                    help="Worker nodes.",
+                ),
+                click.option(
+                    "--proxy-mode",
+                    type=click.Choice(list(PROXY_MODES)),
+                    default="iptables",
+                    show_default=True,
+                ),
+                click.option(
+                    "--overlay",
+                    type=click.Choice(["vxlan", "host-gw"]),
+                    default="vxlan",
+                    show_default=True,
+                ),
+                click.option(
+                    "--node-cidr",
+                    envvar="KNL_NODE_CIDR",
+                    default=topo.DEFAULT_NODE_CIDR,
+                    show_default=True,
+                    help="Node network (host gets .1, control-plane .2, workers .3 ...).",
+                ),
+                prefix_option,
+            ]
+        ):
+            fn = opt(fn)
+        return fn
+
+    return deco
+
+
 def namespace_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "-n", "--namespace", default="default", show_default=True, help="API namespace of the pod."
@@ -163,26 +204,7 @@ def do_up(lab: Lab) -> None:
 
 
 @main.command()
-@click.option(
-    "--nodes", default=2, show_default=True, type=click.IntRange(0, 200), help="Worker nodes."
-)
-@click.option(
-    "--proxy-mode",
-    type=click.Choice(list(PROXY_MODES)),
-    default="iptables",
-    show_default=True,
-)
-@click.option(
-    "--overlay", type=click.Choice(["vxlan", "host-gw"]), default="vxlan", show_default=True
-)
-@click.option(
-    "--node-cidr",
-    envvar="KNL_NODE_CIDR",
-    default=topo.DEFAULT_NODE_CIDR,
-    show_default=True,
-    help="Node network (host gets .1, control-plane .2, workers .3 ...).",
-)
-@prefix_option
+@lab_shape_options(min_nodes=0)
 def up(nodes: int, proxy_mode: str, overlay: str, node_cidr: str, prefix: str) -> None:
     """Create the lab: nodes, apiserver, agents, cluster DNS (reuses a lab already up)."""
     need_root()
@@ -469,20 +491,7 @@ def logs(
 
 
 @main.command()
-@click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 200))
-@click.option(
-    "--proxy-mode",
-    type=click.Choice(list(PROXY_MODES)),
-    default="iptables",
-    show_default=True,
-)
-@click.option(
-    "--overlay", type=click.Choice(["vxlan", "host-gw"]), default="vxlan", show_default=True
-)
-@click.option(
-    "--node-cidr", envvar="KNL_NODE_CIDR", default=topo.DEFAULT_NODE_CIDR, show_default=True
-)
-@prefix_option
+@lab_shape_options(min_nodes=1)
 def demo(nodes: int, proxy_mode: str, overlay: str, node_cidr: str, prefix: str) -> None:
     """Up, deploy examples/web.yaml, show load-balancing, DNS and NodePort; leave the lab up."""
     need_root()
