@@ -1,6 +1,6 @@
 """The lab's processes: the apiserver, the scheduler and the per-node agents.
 
-Pure part: :func:`agent_argv` (the command line of each agent, per .notes/INTERFACES.md) and
+Pure part: :func:`agent_argv` (the command line of each agent, per docs/contracts.md) and
 the file layout (logs and pidfiles under /run/kube-netlab/P/nodes/NODE/). Process part:
 :func:`probe` (which agent packages are runnable: ``python -m PKG --help`` exits 0, all probed
 at once), :func:`launch` (a detached process, new session, inside the node's network
@@ -92,7 +92,7 @@ class Agent:
 def agent_argv(
     cfg: LabConfig, node: str, component: str, python: str = sys.executable
 ) -> list[str]:
-    """The command line of ``component`` on ``node`` (the contract in INTERFACES.md)."""
+    """The command line of ``component`` on ``node`` (the contract in docs/contracts.md)."""
     p = cfg.plan()
     n = p.node(node)
     url = p.apiserver_url

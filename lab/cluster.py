@@ -157,7 +157,7 @@ def pod_netns_name(prefix: str, namespace: str, pod: str) -> str:
 
 
 class Lab:
-    """A cluster of namespace nodes; see the module docstring and .notes/INTERFACES.md."""
+    """A cluster of namespace nodes; see the module docstring and docs/contracts.md."""
 
     def __init__(
         self,
@@ -633,7 +633,7 @@ class Lab:
 
 
 def cluster_dns_objects(cfg: LabConfig) -> list[dict[str, Any]]:
-    """kube-system/kube-dns Service and the coredns Pod (INTERFACES.md)."""
+    """kube-system/kube-dns Service and the coredns Pod (docs/contracts.md)."""
     labels = {"k8s-app": "kube-dns"}
     svc = {
         "apiVersion": "v1",

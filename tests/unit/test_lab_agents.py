@@ -1,4 +1,4 @@
-"""Agents' command lines (the INTERFACES.md contract), file layout, and argument quoting:
+"""Agents' command lines (the docs/contracts.md contract), file layout, and argument quoting:
 names reach processes as single argv elements, never through a shell."""
 
 from __future__ import annotations
