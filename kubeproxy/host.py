@@ -11,6 +11,8 @@ import ipaddress
 import logging
 from pathlib import Path
 
+from kubecommon.model import NodeInfo
+
 from .config import ProxyConfig
 
 log = logging.getLogger("kubeproxy")
@@ -56,3 +58,33 @@ def prepare_node(config: ProxyConfig) -> bool:
         except OSError as e:
             log.warning("cannot set route_localnet: %s", e)
     return conntrack_tcp_liberal()
+
+
+class NodeAwareProxier:
+    """The Proxier hooks both kernel modes implement the same way (mixed into each)."""
+
+    config: ProxyConfig
+    node: NodeInfo | None
+    _need_full: bool
+    _liberal: bool
+
+    async def start(self) -> None:
+        self._liberal = prepare_node(self.config)
+
+    def on_node(self, node: NodeInfo) -> None:
+        self.node = node
+
+    def request_full_sync(self) -> None:
+        self._need_full = True
+
+    def node_context_fields(self) -> dict[str, object]:
+        """The NodeContext fields every kernel mode's renderer takes."""
+        cfg = self.config
+        return {
+            "node_name": cfg.hostname_override,
+            "cluster_cidr": cfg.cluster_cidr,
+            "masquerade_all": cfg.masquerade_all,
+            "nodeport_ips": configured_nodeport_ips(cfg),
+            "localhost_nodeports": cfg.localhost_nodeports,
+            "conntrack_tcp_liberal": self._liberal,
+        }

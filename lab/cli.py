@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -143,7 +143,7 @@ def namespace_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def fail(msg: str, code: int = 1) -> None:
+def fail(msg: str, code: int = 1) -> NoReturn:
     err_console.print("[bold red]error:[/] ", end="")
     err_console.print(msg, highlight=False, markup=False)
     sys.exit(code)
@@ -207,6 +207,12 @@ def do_up(lab: Lab) -> None:
 @lab_shape_options(min_nodes=0)
 def up(nodes: int, proxy_mode: str, overlay: str, node_cidr: str, prefix: str) -> None:
     """Create the lab: nodes, apiserver, agents, cluster DNS (reuses a lab already up)."""
+    lab = build_lab(nodes, proxy_mode, overlay, node_cidr, prefix)
+    print_usage(lab)
+
+
+def build_lab(nodes: int, proxy_mode: str, overlay: str, node_cidr: str, prefix: str) -> Lab:
+    """What ``up`` and ``demo`` share: check root, validate the shape, bring the lab up."""
     need_root()
     try:
         lab = Lab(
@@ -214,9 +220,8 @@ def up(nodes: int, proxy_mode: str, overlay: str, node_cidr: str, prefix: str) -
         )
     except ValueError as e:
         fail(str(e))
-        return
     do_up(lab)
-    print_usage(lab)
+    return lab
 
 
 def print_usage(lab: Lab) -> None:
@@ -494,17 +499,9 @@ def logs(
 @lab_shape_options(min_nodes=1)
 def demo(nodes: int, proxy_mode: str, overlay: str, node_cidr: str, prefix: str) -> None:
     """Up, deploy examples/web.yaml, show load-balancing, DNS and NodePort; leave the lab up."""
-    need_root()
     from .demo import run_demo
 
-    try:
-        lab = Lab(
-            prefix=prefix, nodes=nodes, proxy_mode=proxy_mode, overlay=overlay, node_cidr=node_cidr
-        )
-    except ValueError as e:
-        fail(str(e))
-        return
-    do_up(lab)
+    lab = build_lab(nodes, proxy_mode, overlay, node_cidr, prefix)
     try:
         run_demo(lab, console)
     except LabError as e:

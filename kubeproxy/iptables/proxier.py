@@ -42,7 +42,7 @@ class _Applied:
     top: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-class IptablesProxier:
+class IptablesProxier(host.NodeAwareProxier):
     def __init__(self, config: ProxyConfig, applier: Applier | None = None):
         self.config = config
         self.applier = applier or Applier(config.iptables_backend)
@@ -58,25 +58,8 @@ class IptablesProxier:
 
     # -- Proxier protocol -------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._liberal = host.prepare_node(self.config)
-
-    def on_node(self, node: NodeInfo) -> None:
-        self.node = node
-
-    def request_full_sync(self) -> None:
-        self._need_full = True
-
     def context(self) -> NodeContext:
-        cfg = self.config
-        return NodeContext(
-            node_name=cfg.hostname_override,
-            cluster_cidr=cfg.cluster_cidr,
-            masquerade_all=cfg.masquerade_all,
-            nodeport_ips=host.configured_nodeport_ips(cfg),
-            localhost_nodeports=cfg.localhost_nodeports,
-            conntrack_tcp_liberal=self._liberal,
-        )
+        return NodeContext(**self.node_context_fields())
 
     async def sync(
         self,

@@ -45,7 +45,7 @@ def _only(d: dict, keys: list) -> dict:
     return {k: d[k] for k in keys if k in d}
 
 
-class NftablesProxier:
+class NftablesProxier(host.NodeAwareProxier):
     def __init__(
         self,
         config: ProxyConfig,
@@ -73,28 +73,13 @@ class NftablesProxier:
 
     # -- Proxier protocol -------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._liberal = host.prepare_node(self.config)
-
     def on_node(self, node: NodeInfo) -> None:
-        self.node = node
+        super().on_node(node)
         if node.internal_ip:
             self.node_ip = node.internal_ip
 
-    def request_full_sync(self) -> None:
-        self._need_full = True
-
     def context(self) -> NodeContext:
-        cfg = self.config
-        return NodeContext(
-            node_name=cfg.hostname_override,
-            cluster_cidr=cfg.cluster_cidr,
-            masquerade_all=cfg.masquerade_all,
-            nodeport_ips=host.configured_nodeport_ips(cfg),
-            localhost_nodeports=cfg.localhost_nodeports,
-            conntrack_tcp_liberal=self._liberal,
-            endpoint_choice=self.endpoint_choice,
-        )
+        return NodeContext(**self.node_context_fields(), endpoint_choice=self.endpoint_choice)
 
     async def sync(
         self,
