@@ -42,18 +42,66 @@ def lock_path(prefix: str) -> str:
     return os.path.join(topo.STATE_ROOT, f".{prefix}.lock")
 
 
+def lock_holders(path: str) -> list[str]:
+    """``pid (command)`` of the processes holding a flock on ``path`` (from /proc/locks)."""
+    try:
+        ino = os.stat(path).st_ino
+        with open("/proc/locks", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF" (blocked waiters carry a "->")
+        if len(parts) < 6 or parts[1] != "FLOCK" or parts[4] == "->":
+            continue
+        pid, dev_ino = parts[4], parts[5]
+        if dev_ino.rsplit(":", 1)[-1] != str(ino):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        out.append(f"{pid} ({cmd[:80]})")
+    return out
+
+
 @contextlib.contextmanager
-def lab_lock(prefix: str, remove: bool = False) -> Iterator[None]:
-    """One `up`/`down` per lab at a time (flock); ``remove`` drops the lock file on exit."""
+def lab_lock(prefix: str, remove: bool = False, wait: float = 5.0) -> Iterator[None]:
+    """One `up`/`down` per lab at a time (flock); ``remove`` drops the lock file on exit.
+
+    A busy lock is retried for ``wait`` seconds before refusing: a holder that was just
+    killed can take a moment to let go (a child it forked may still be on its way to exec).
+    Because ``remove`` unlinks the file, a lock taken on a file that was unlinked meanwhile
+    does not count; it is taken again on the current file.
+    """
     os.makedirs(topo.STATE_ROOT, exist_ok=True)
     path = lock_path(prefix)
-    with open(path, "w") as f:
+    deadline = time.monotonic() + wait
+    while True:
+        f = open(path, "w")  # noqa: SIM115 - closed below or after the with-body
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            f.close()
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            holders = lock_holders(path)
+            held_by = f"; held by {', '.join(holders)}" if holders else ""
             raise LabBusy(
-                f"another `up` or `down` of lab {prefix!r} is running (lock {path})"
+                f"another `up` or `down` of lab {prefix!r} is running (lock {path}{held_by})"
             ) from None
+        try:
+            same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()
+    with f:
         try:
             yield
         finally:
