@@ -178,14 +178,65 @@ def _query(params: Mapping[str, Any] | None) -> str:
     return "?" + urllib.parse.urlencode(clean) if clean else ""
 
 
-class ApiClient:
+class _Verbs:
+    """The REST verbs, written once over ``self.request``.
+
+    Each returns what ``request`` returns: a coroutine for :class:`ApiClient` (so callers
+    ``await client.get(...)``), the decoded object for :class:`SyncApiClient`.
+    """
+
+    def request(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        raise NotImplementedError
+
+    def get(self, plural: str, name: str, namespace: str | None = None) -> Any:
+        return self.request("GET", resource_path(plural, namespace, name))
+
+    def list(self, plural: str, namespace: str | None = None, **params: Any) -> Any:
+        return self.request("GET", resource_path(plural, namespace), params=params)
+
+    def create(self, plural: str, obj: dict, namespace: str | None = None) -> Any:
+        ns = namespace or obj.get("metadata", {}).get("namespace")
+        return self.request("POST", resource_path(plural, ns), obj)
+
+    def replace(self, plural: str, obj: dict, subresource: str | None = None) -> Any:
+        md = obj["metadata"]
+        return self.request(
+            "PUT", resource_path(plural, md.get("namespace"), md["name"], subresource), obj
+        )
+
+    def patch(
+        self,
+        plural: str,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        patch_type: str = "merge",
+        subresource: str | None = None,
+    ) -> Any:
+        return self.request(
+            "PATCH",
+            resource_path(plural, namespace, name, subresource),
+            patch,
+            content_type=PATCH_TYPES[patch_type],
+        )
+
+    def delete(self, plural: str, name: str, namespace: str | None = None) -> Any:
+        return self.request("DELETE", resource_path(plural, namespace, name))
+
+
+def _headers(config: ClusterConfig, user_agent: str) -> dict[str, str]:
+    h = {"Accept": "application/json", "User-Agent": user_agent}
+    if config.token:
+        h["Authorization"] = f"Bearer {config.token}"
+    return h
+
+
+class ApiClient(_Verbs):
     """asyncio client. One ``aiohttp.ClientSession`` per client; close it with ``await close()``."""
 
     def __init__(self, config: ClusterConfig, user_agent: str = "kube-netlab"):
         self.config = config
-        self._headers = {"Accept": "application/json", "User-Agent": user_agent}
-        if config.token:
-            self._headers["Authorization"] = f"Bearer {config.token}"
+        self._headers = _headers(config, user_agent)
         self._session: aiohttp.ClientSession | None = None
 
     def _s(self) -> aiohttp.ClientSession:
@@ -227,41 +278,6 @@ class ApiClient:
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise ApiError(0, "Unreachable", f"{method} {path}: {e!r}") from e
 
-    async def get(self, plural: str, name: str, namespace: str | None = None) -> dict:
-        return await self.request("GET", resource_path(plural, namespace, name))
-
-    async def list(self, plural: str, namespace: str | None = None, **params: Any) -> dict:
-        return await self.request("GET", resource_path(plural, namespace), params=params)
-
-    async def create(self, plural: str, obj: dict, namespace: str | None = None) -> dict:
-        ns = namespace or obj.get("metadata", {}).get("namespace")
-        return await self.request("POST", resource_path(plural, ns), obj)
-
-    async def replace(self, plural: str, obj: dict, subresource: str | None = None) -> dict:
-        md = obj["metadata"]
-        return await self.request(
-            "PUT", resource_path(plural, md.get("namespace"), md["name"], subresource), obj
-        )
-
-    async def patch(
-        self,
-        plural: str,
-        name: str,
-        patch: Any,
-        namespace: str | None = None,
-        patch_type: str = "merge",
-        subresource: str | None = None,
-    ) -> dict:
-        return await self.request(
-            "PATCH",
-            resource_path(plural, namespace, name, subresource),
-            patch,
-            content_type=PATCH_TYPES[patch_type],
-        )
-
-    async def delete(self, plural: str, name: str, namespace: str | None = None) -> dict:
-        return await self.request("DELETE", resource_path(plural, namespace, name))
-
     async def watch(
         self,
         plural: str,
@@ -297,16 +313,14 @@ class ApiClient:
             raise ApiError(0, "Unreachable", f"watch {plural}: {e!r}") from e
 
 
-class SyncApiClient:
+class SyncApiClient(_Verbs):
     """Blocking twin of :class:`ApiClient` for CLIs, tests and benchmarks."""
 
     def __init__(self, config: ClusterConfig | str, user_agent: str = "kube-netlab"):
         self.config = (
             ClusterConfig(server=config.rstrip("/")) if isinstance(config, str) else config
         )
-        self._headers = {"Accept": "application/json", "User-Agent": user_agent}
-        if self.config.token:
-            self._headers["Authorization"] = f"Bearer {self.config.token}"
+        self._headers = _headers(self.config, user_agent)
         self._ctx = self.config.ssl_context()
 
     def request(
@@ -333,38 +347,3 @@ class SyncApiClient:
             raise _error_from(e.code, e.read()) from None
         except (urllib.error.URLError, OSError) as e:
             raise ApiError(0, "Unreachable", f"{method} {path}: {e}") from e
-
-    def get(self, plural: str, name: str, namespace: str | None = None) -> dict:
-        return self.request("GET", resource_path(plural, namespace, name))
-
-    def list(self, plural: str, namespace: str | None = None, **params: Any) -> dict:
-        return self.request("GET", resource_path(plural, namespace), params=params)
-
-    def create(self, plural: str, obj: dict, namespace: str | None = None) -> dict:
-        ns = namespace or obj.get("metadata", {}).get("namespace")
-        return self.request("POST", resource_path(plural, ns), obj)
-
-    def replace(self, plural: str, obj: dict, subresource: str | None = None) -> dict:
-        md = obj["metadata"]
-        return self.request(
-            "PUT", resource_path(plural, md.get("namespace"), md["name"], subresource), obj
-        )
-
-    def patch(
-        self,
-        plural: str,
-        name: str,
-        patch: Any,
-        namespace: str | None = None,
-        patch_type: str = "merge",
-        subresource: str | None = None,
-    ) -> dict:
-        return self.request(
-            "PATCH",
-            resource_path(plural, namespace, name, subresource),
-            patch,
-            content_type=PATCH_TYPES[patch_type],
-        )
-
-    def delete(self, plural: str, name: str, namespace: str | None = None) -> dict:
-        return self.request("DELETE", resource_path(plural, namespace, name))
