@@ -7,8 +7,11 @@ The jump rules from the built-in chains (PREROUTING, OUTPUT, POSTROUTING, INPUT,
 are ensured like kube-proxy's EnsureRule: looked up in the saved table, ``-C`` checked,
 ``-I`` inserted at the top when missing.
 
-Backends: ``legacy`` (iptables-legacy-*, the kernel's x_tables via libiptc) and ``nft``
-(iptables-nft-*, the same rules translated to nf_tables), for the benchmark comparison.
+Backends: ``legacy`` (the kernel's x_tables written directly by ``xtables.XtablesWriter``,
+which falls back to this module's restore for a sync it cannot encode), ``legacy-restore``
+(iptables-legacy-*, x_tables via libiptc) and ``nft`` (iptables-nft-*, the same rules
+translated to nf_tables), for the benchmark comparison. ``RestoreWriter`` is the writer of
+the last two: one restore per sync as described above.
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
-from .render import JUMP_RULES, JumpRule
+from kubecommon.model import ServicePortName
+
+from .render import JUMP_RULES, JumpRule, Ruleset, is_service_chain
 
 log = logging.getLogger("kubeproxy")
 
-BACKENDS = ("legacy", "nft")
+BACKENDS = ("legacy", "legacy-restore", "nft")
+_TOOLS = {"legacy": "legacy", "legacy-restore": "legacy", "nft": "nft"}  # backend -> iptables-<x>-*
 _CHAIN_LINE = re.compile(r"^:(\S+) ")
 _LINE_ERR = re.compile(r"line:? (\d+)", re.I)
 
@@ -32,8 +41,9 @@ class IptablesError(RuntimeError):
 
 def binaries(backend: str) -> tuple[str, str, str]:
     if backend not in BACKENDS:
-        raise ValueError(f"unknown iptables backend {backend!r}; choose legacy or nft")
-    return f"iptables-{backend}", f"iptables-{backend}-save", f"iptables-{backend}-restore"
+        raise ValueError(f"unknown iptables backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    t = _TOOLS[backend]
+    return f"iptables-{t}", f"iptables-{t}-save", f"iptables-{t}-restore"
 
 
 async def run(argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
@@ -121,3 +131,52 @@ class Applier:
         if inserted:
             log.info("inserted %d jump rule(s) into built-in chains (%s)", inserted, self.backend)
         return inserted
+
+
+# -- one sync's write -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPlan:
+    """What the proxier decided to write (see proxier.py): a full or a partial sync."""
+
+    full: bool
+    wanted: set[str]  # every nat service chain the ruleset has
+    only: Collection[ServicePortName] | None = None  # partial: service ports to write
+    stale: set[str] = field(default_factory=set)  # partial: our chains to delete
+    skip_top: Collection[tuple[str, str]] = ()  # partial: (table, chain) known unchanged
+
+
+@dataclass
+class WriteResult:
+    via: str  # "restore" or "xtables"
+    stale: int = 0
+    bytes: int = 0  # restore input, or x_tables blob bytes written
+    encode_s: float = 0.0  # x_tables: rule text -> entries
+    read_s: float = 0.0  # iptables-save, or GET_INFO/GET_ENTRIES + split
+    kernel_s: float = 0.0  # restore process, or compile + SET_REPLACE + ADD_COUNTERS
+    fallback: str = ""  # why the direct writer handed this sync to iptables-restore
+    tables_read: dict[str, bool] = field(default_factory=dict)  # x_tables: table -> read from the kernel
+
+
+class RestoreWriter:
+    """Writes a sync with one ``iptables-restore --noflush`` (legacy-restore and nft)."""
+
+    def __init__(self, applier: Applier):
+        self.applier = applier
+
+    async def write(self, ruleset: Ruleset, plan: SyncPlan) -> WriteResult:
+        t0 = time.perf_counter()
+        saved = ""
+        if plan.full:
+            saved = await self.applier.save()
+            stale = {c for c in chains_in(saved, "nat") if is_service_chain(c)} - plan.wanted
+            text = ruleset.restore_input(stale_chains=stale)
+        else:
+            stale = plan.stale
+            text = ruleset.restore_input(only=plan.only, stale_chains=stale, skip_top=plan.skip_top)
+        t1 = time.perf_counter()
+        await self.applier.restore(text)
+        if plan.full:
+            await self.applier.ensure_jumps(saved)
+        return WriteResult("restore", len(stale), len(text), read_s=t1 - t0, kernel_s=time.perf_counter() - t1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shlex
 
-from .apply import BACKENDS, Applier, IptablesError, chains_in, table_text
+from .apply import Applier, IptablesError, chains_in, table_text
 
 log = logging.getLogger("kubeproxy")
 
@@ -41,7 +41,7 @@ def cleanup_input(saved: str, table: str, prefix: str = "KUBE-") -> str:
     return "\n".join(body) + "\n"
 
 
-async def cleanup(backends: tuple[str, ...] = BACKENDS) -> bool:
+async def cleanup(backends: tuple[str, ...] = ("legacy-restore", "nft")) -> bool:
     """Remove all KUBE- chains/jumps; returns True when everything went fine."""
     ok = True
     for backend in backends:

@@ -6,6 +6,11 @@ someone deleted by hand come back. A *partial* sync (every other change) writes 
 chains of the service ports whose rules changed plus the top-level chains whose text
 changed, and deletes the chains we installed that are no longer wanted; that keeps a
 one-endpoint change small even with 10,000 services.
+
+The proxier decides *what* to write (a ``SyncPlan``); a writer decides *how*: the legacy
+backend's ``XtablesWriter`` (x_tables sockopts, no iptables-restore; falls back to a
+restore for a sync it cannot encode) or ``RestoreWriter`` (``iptables-{legacy,nft}-restore``
+for the ``legacy-restore`` and ``nft`` backends).
 """
 
 from __future__ import annotations
@@ -18,17 +23,19 @@ from kubecommon.model import Endpoint, NodeInfo, ServicePortInfo, ServicePortNam
 
 from .. import conntrack, host
 from ..config import ProxyConfig
-from .apply import Applier, chains_in
+from .apply import Applier, RestoreWriter, SyncPlan, WriteResult
 from .cleanup import cleanup as cleanup_tables
-from .render import FILTER_CHAINS, NAT_CHAINS, NodeContext, Renderer, Ruleset, is_service_chain
+from .render import FILTER_CHAINS, NAT_CHAINS, NodeContext, Renderer, Ruleset
 
 log = logging.getLogger("kubeproxy")
+
 
 @dataclass
 class SyncStats:
     full: bool = False
     render_s: float = 0.0
-    restore_s: float = 0.0
+    restore_s: float = 0.0  # everything after rendering: encode/read/write (or save/restore)
+    write: WriteResult | None = None  # the writer's split of restore_s
     bytes: int = 0
     services: int = 0
     endpoints: int = 0
@@ -46,6 +53,7 @@ class IptablesProxier(host.NodeAwareProxier):
     def __init__(self, config: ProxyConfig, applier: Applier | None = None):
         self.config = config
         self.applier = applier or Applier(config.iptables_backend)
+        self.writer = _writer(config.iptables_backend, self.applier)
         self.renderer = Renderer()
         self.node: NodeInfo | None = None
         self._need_full = True
@@ -72,22 +80,13 @@ class IptablesProxier(host.NodeAwareProxier):
         wanted = ruleset.nat_service_chains()
         top = _top_texts(ruleset)
         t_render = time.perf_counter()
-        saved = ""
         if full:
-            saved = await self.applier.save()
-            existing = chains_in(saved, "nat")
-            stale = {c for c in existing if is_service_chain(c)} - wanted
-            text = ruleset.restore_input(stale_chains=stale)
-            written = len(ruleset.services)
+            plan = SyncPlan(True, wanted)
         else:
-            stale = self._applied.chains - wanted
             skip = {k for k, v in top.items() if self._applied.top.get(k) == v}
-            text = ruleset.restore_input(only=ruleset.changed, stale_chains=stale, skip_top=skip)
-            written = len(ruleset.changed)
+            plan = SyncPlan(False, wanted, ruleset.changed, self._applied.chains - wanted, skip)
         try:
-            await self.applier.restore(text)
-            if full:
-                await self.applier.ensure_jumps(saved)
+            res = await self.writer.write(ruleset, plan)
         except Exception:
             self._need_full = True  # our idea of the kernel's state is no longer reliable
             raise
@@ -103,25 +102,36 @@ class IptablesProxier(host.NodeAwareProxier):
             full=full,
             render_s=t_render - t0,
             restore_s=t2 - t_render,
-            bytes=len(text),
+            write=res,
+            bytes=res.bytes,
             services=len(services),
             endpoints=sum(len(v) for v in endpoints.values()),
-            written_services=written,
-            stale_chains=len(stale),
+            written_services=len(services) if full else len(ruleset.changed),
+            stale_chains=res.stale,
         )
         log.debug(
-            "synced %s: %d service ports (%d written), %d stale chains, %d bytes, render %.1f ms, restore %.1f ms",
+            "synced %s via %s: %d service ports (%d written), %d stale chains, %d bytes, render %.1f ms, write %.1f ms",
             "full" if full else "partial",
+            res.via,
             len(services),
-            written,
-            len(stale),
-            len(text),
+            self.last.written_services,
+            res.stale,
+            res.bytes,
             1000 * (t_render - t0),
             1000 * (t2 - t_render),
         )
 
     async def cleanup(self) -> None:
         await cleanup_tables((self.config.iptables_backend,))
+
+
+def _writer(backend: str, applier: Applier):
+    restore = RestoreWriter(applier)
+    if backend == "legacy":
+        from .xtables import XtablesWriter
+
+        return XtablesWriter(restore)
+    return restore
 
 
 def _top_texts(rs: Ruleset) -> dict[tuple[str, str], str]:

@@ -1,0 +1,475 @@
+"""Talking to the kernel's x_tables directly: the legacy backend without libiptc.
+
+``iptables-legacy-restore`` spends most of a sync in userspace (parsing 100,000 lines,
+libiptc's per-rule bookkeeping); the kernel part is reading the table
+(IPT_SO_GET_ENTRIES), replacing it whole (IPT_SO_SET_REPLACE) and putting the counters
+back (IPT_SO_SET_ADD_COUNTERS). This module does exactly those three sockopts on a raw
+socket (through libc, since Python's getsockopt cannot pass the table name in), under the
+xtables lock (/run/xtables.lock, as every iptables command), and leaves the rest to the
+pure codec (``xtables_codec.py``).
+
+``XtablesWriter`` is the legacy backend's writer: it reads a table, replaces our chains
+(foreign chains and rules keep their bytes and counters), deletes our stale chains,
+ensures the jump rules in the built-in chains (present: untouched, missing: inserted as
+rule 1, like ``Applier.ensure_jumps``), and writes the table back in one replace. A
+partial sync skips the read when IPT_SO_GET_INFO shows the table we wrote last. Rule
+text the encoder does not know makes that sync go through iptables-legacy-restore.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .apply import RestoreWriter, SyncPlan, WriteResult
+from .render import (
+    FILTER_CHAINS,
+    JUMP_RULES,
+    KUBE_EXTERNAL_SERVICES,
+    KUBE_NODEPORTS,
+    KUBE_SERVICES,
+    NAT_CHAINS,
+    Ruleset,
+    is_service_chain,
+)
+from .xtables_codec import (
+    HOOKS,
+    BlobError,
+    Chain,
+    Compiled,
+    EncodeError,
+    Encoder,
+    Table,
+    compile_table,
+    parse_table,
+    reindex,
+    same_rule,
+)
+
+log = logging.getLogger("kubeproxy")
+
+SOL_IP = 0
+IPT_SO_SET_REPLACE = 64
+IPT_SO_SET_ADD_COUNTERS = 65
+IPT_SO_GET_INFO = 64
+IPT_SO_GET_ENTRIES = 65
+IPT_SO_GET_REVISION_MATCH = 66
+IPT_SO_GET_REVISION_TARGET = 67
+
+_GETINFO = struct.Struct("<32sI5I5III")  # struct ipt_getinfo
+_GET_ENTRIES_HDR = 40  # struct ipt_get_entries: name[32], size, (pad to 8)
+_REPLACE = struct.Struct(
+    "<32sIII5I5IIQ"
+)  # struct ipt_replace: name, valid_hooks, num_entries, size, hooks, underflows, num_counters, counters
+_COUNTERS_HDR = 40  # struct xt_counters_info: name[32], num_counters, (pad to 8)
+XT_LOCK = "/run/xtables.lock"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.getsockopt.argtypes = [
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint),
+]
+_libc.setsockopt.argtypes = [
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_uint,
+]
+
+
+class XtablesError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """IPT_SO_GET_INFO: enough to tell whether the table is still the one we wrote."""
+
+    valid_hooks: int
+    hook_entry: tuple[int, ...]
+    underflow: tuple[int, ...]
+    num_entries: int
+    size: int
+
+
+def _getsockopt(fd: int, opt: int, buf: ctypes.Array) -> int:
+    n = ctypes.c_uint(len(buf))
+    if _libc.getsockopt(fd, SOL_IP, opt, buf, ctypes.byref(n)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return n.value
+
+
+def _setsockopt(fd: int, opt: int, buf: ctypes.Array) -> None:
+    if _libc.setsockopt(fd, SOL_IP, opt, buf, len(buf)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _table_name(table: str) -> bytes:
+    return table.encode().ljust(32, b"\0")
+
+
+def open_socket() -> socket.socket:
+    """The raw socket the sockopts go through (needs CAP_NET_RAW; in this thread's netns)."""
+    return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+
+def get_info(sock: socket.socket, table: str) -> Info:
+    buf = ctypes.create_string_buffer(_table_name(table), _GETINFO.size)
+    try:
+        _getsockopt(sock.fileno(), IPT_SO_GET_INFO, buf)
+    except OSError as e:
+        raise XtablesError(
+            f"cannot read table {table!r} (IPT_SO_GET_INFO: {e.strerror}); is ip_tables loaded?"
+        ) from e
+    v = _GETINFO.unpack(buf.raw)
+    return Info(v[1], tuple(v[2:7]), tuple(v[7:12]), v[12], v[13])
+
+
+def get_entries(sock: socket.socket, table: str, size: int) -> bytes:
+    buf = ctypes.create_string_buffer(_GET_ENTRIES_HDR + size)
+    struct.pack_into("<32sI", buf, 0, _table_name(table), size)
+    _getsockopt(sock.fileno(), IPT_SO_GET_ENTRIES, buf)
+    return ctypes.string_at(ctypes.addressof(buf) + _GET_ENTRIES_HDR, size)
+
+
+def read_table(sock: socket.socket, table: str) -> tuple[Info, Table]:
+    """Read and split one table (retrying if it changes between GET_INFO and GET_ENTRIES)."""
+    for _ in range(5):
+        info = get_info(sock, table)
+        try:
+            blob = get_entries(sock, table, info.size)
+        except OSError as e:
+            if e.errno == errno.EAGAIN:  # somebody replaced it in between
+                continue
+            raise XtablesError(
+                f"cannot read table {table!r} (IPT_SO_GET_ENTRIES: {e.strerror})"
+            ) from e
+        return info, parse_table(table, info.valid_hooks, info.hook_entry, info.underflow, blob)
+    raise XtablesError(f"table {table!r} keeps changing while being read")
+
+
+def replace(
+    sock: socket.socket, table: str, valid_hooks: int, c: Compiled, num_counters: int
+) -> np.ndarray:
+    """IPT_SO_SET_REPLACE; returns the old table's counters (num_counters x (packets, bytes))."""
+    old = np.zeros((max(num_counters, 1), 2), dtype=np.uint64)
+    head = _REPLACE.pack(
+        _table_name(table), valid_hooks, c.num_entries, len(c.blob), *c.hook_entry, *c.underflow, num_counters,
+        old.ctypes.data,
+    )  # fmt: skip
+    buf = ctypes.create_string_buffer(head + c.blob, len(head) + len(c.blob))
+    _setsockopt(sock.fileno(), IPT_SO_SET_REPLACE, buf)
+    return old[:num_counters]
+
+
+def add_counters(sock: socket.socket, table: str, counters: np.ndarray) -> None:
+    data = np.ascontiguousarray(counters, dtype=np.uint64).tobytes()
+    head = struct.pack("<32sI4x", _table_name(table), len(counters))
+    buf = ctypes.create_string_buffer(head + data, len(head) + len(data))
+    _setsockopt(sock.fileno(), IPT_SO_SET_ADD_COUNTERS, buf)
+
+
+def kernel_revision(sock: socket.socket, name: str, revision: int, target: bool = False) -> bool:
+    """Whether the kernel has this match/target revision (IPT_SO_GET_REVISION_*)."""
+    buf = ctypes.create_string_buffer(struct.pack("<29sB", name.encode(), revision), 30)
+    try:
+        _getsockopt(
+            sock.fileno(), IPT_SO_GET_REVISION_TARGET if target else IPT_SO_GET_REVISION_MATCH, buf
+        )
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def xtables_lock(wait: float = 5.0):
+    """The lock every iptables command takes (``-w``): flock on /run/xtables.lock."""
+    fd = os.open(XT_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise XtablesError(
+                        f"another app holds the xtables lock ({XT_LOCK}) for more than {wait:g}s"
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# -- writing tables ------------------------------------------------------------------------
+
+
+@dataclass
+class TableEdit:
+    """What one sync does to one table (the same semantics as our restore input)."""
+
+    chains: dict[str, tuple[list[bytes], list[str | None]]] = field(
+        default_factory=dict
+    )  # flushed + refilled
+    delete: set[str] = field(default_factory=set)
+    stale: Callable[[Iterable[str]], set[str]] | None = (
+        None  # full sync: existing chains -> ours to delete
+    )
+    jumps: list[tuple[str, bytes, str]] = field(
+        default_factory=list
+    )  # (built-in chain, entry, target)
+
+
+@dataclass
+class WriteStats:
+    read: bool = False  # the table was read from the kernel (not the cached copy)
+    read_s: float = 0.0
+    compile_s: float = 0.0
+    kernel_s: float = 0.0  # SET_REPLACE + ADD_COUNTERS
+    entries: int = 0
+    bytes: int = 0
+    stale: int = 0
+    jumps_inserted: int = 0
+
+
+def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int]:
+    """Change the table model as the restore input would; returns (stale deleted, jumps inserted)."""
+    delete = set(edit.delete)
+    if edit.stale is not None:
+        delete |= edit.stale(t.chains)
+    delete -= set(edit.chains)
+    for name in delete:
+        c = t.chains.get(name)
+        if c is not None and c.hook is None:
+            del t.chains[name]
+    for name, (entries, labels) in edit.chains.items():
+        c = t.chains.get(name)
+        if c is None:
+            c = t.chains[name] = Chain(name)
+        c.set_rules(entries, labels)
+    inserted = 0
+    for src, entry, dst in edit.jumps:
+        c = t.chains.get(src)
+        if c is None or c.hook is None:
+            raise XtablesError(f"table {t.name} has no built-in chain {src}")
+        if any(same_rule(e, lab, entry, dst) for e, lab in zip(c.entries, c.labels, strict=True)):
+            continue
+        c.entries.insert(0, entry)
+        c.labels.insert(0, dst)
+        c.kidx.insert(0, -1)
+        inserted += 1
+    return len(delete), inserted
+
+
+class TableWriter:
+    """Read-modify-write of x_tables tables, remembering what it wrote last."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[Info, Table]] = {}
+
+    def forget(self) -> None:
+        self._last.clear()
+
+    def write(self, edits: dict[str, TableEdit], reread: bool) -> dict[str, WriteStats]:
+        out: dict[str, WriteStats] = {}
+        with xtables_lock(), open_socket() as sock:
+            for table, edit in edits.items():
+                out[table] = self._write_one(sock, table, edit, reread)
+        return out
+
+    def _write_one(
+        self, sock: socket.socket, table: str, edit: TableEdit, reread: bool
+    ) -> WriteStats:
+        st = WriteStats()
+        t0 = time.perf_counter()
+        info = get_info(sock, table)
+        last = self._last.pop(table, None)  # whatever happens next, the cache is spent
+        if reread or last is None or last[0] != info:
+            info, t = read_table(sock, table)
+            st.read = True
+        else:
+            t = last[1]
+        t1 = time.perf_counter()
+        st.stale, st.jumps_inserted = apply_edit(t, edit)
+        c = compile_table(t)
+        t2 = time.perf_counter()
+        try:
+            old = replace(sock, table, info.valid_hooks, c, info.num_entries)
+        except OSError as e:
+            if e.errno == errno.EAGAIN:  # changed since we read it (a writer not taking the lock)
+                raise XtablesError(
+                    f"table {table} changed while we wrote it; the next sync re-reads it"
+                ) from e
+            raise XtablesError(
+                f"cannot replace table {table} (IPT_SO_SET_REPLACE: {e.strerror})"
+            ) from e
+        keep = c.old_index >= 0
+        counters = np.zeros((c.num_entries, 2), dtype=np.uint64)
+        if len(old):
+            counters[keep] = old[c.old_index[keep]]
+        add_counters(sock, table, counters)
+        t3 = time.perf_counter()
+        reindex(t)
+        after = get_info(sock, table)  # still under the lock: this is the table we wrote
+        if after.num_entries == c.num_entries and after.size == len(c.blob):
+            self._last[table] = (after, t)
+        st.read_s, st.compile_s, st.kernel_s = t1 - t0, t2 - t1, t3 - t2
+        st.entries, st.bytes = c.num_entries, len(c.blob)
+        return st
+
+
+# -- the legacy backend's writer ------------------------------------------------------------
+
+
+# Top-level chains whose rules are the service ports' fragments joined (then a static tail).
+_PER_SERVICE = {
+    ("filter", KUBE_SERVICES): "filter_services",
+    ("filter", KUBE_EXTERNAL_SERVICES): "filter_external",
+    ("filter", KUBE_NODEPORTS): "filter_nodeports",
+    ("nat", KUBE_SERVICES): "nat_services",
+    ("nat", KUBE_NODEPORTS): "nat_nodeports",
+}
+
+
+class XtablesWriter:
+    """Ruleset -> per-table edits (encoded, memoised per fragment) -> one replace per table."""
+
+    def __init__(self, fallback: RestoreWriter):
+        self.encoder = Encoder()
+        self.tables = TableWriter()
+        self.fallback = fallback
+        self._jumps: dict[str, list[tuple[str, bytes, str]]] | None = None
+
+    def jumps(self) -> dict[str, list[tuple[str, bytes, str]]]:
+        if self._jumps is None:
+            out: dict[str, list[tuple[str, bytes, str]]] = {"filter": [], "nat": []}
+            for j in JUMP_RULES:
+                e = self.encoder.parse_line(j.save_line())
+                out[j.table].append((j.src, e.entry, j.dst))
+            self._jumps = out
+        return self._jumps
+
+    def _top_chain(
+        self, rs: Ruleset, table: str, chain: str
+    ) -> tuple[list[bytes], list[str | None]]:
+        text = (rs.filter_top if table == "filter" else rs.nat_top)[chain]
+        attr = _PER_SERVICE.get((table, chain))
+        frags = [getattr(r, attr) for r in rs.services.values()] if attr else []
+        frags.append(text[sum(map(len, frags)) :])  # the static part after the fragments
+        entries: list[bytes] = []
+        labels: list[str | None] = []
+        enc = self.encoder
+        for f in frags:
+            if f:
+                g = enc.chains(f).get(chain)
+                if g is None or len(enc.chains(f)) != 1:
+                    raise EncodeError(f"{table}/{chain}: a fragment has rules of other chains")
+                entries += g[0]
+                labels += g[1]
+        return entries, labels
+
+    def edits(self, rs: Ruleset, plan: SyncPlan) -> dict[str, TableEdit]:
+        """Encode what this sync writes (raises EncodeError for text we cannot encode)."""
+        skip = set(plan.skip_top) if not plan.full else set()
+        jumps = self.jumps()
+        out: dict[str, TableEdit] = {}
+        fchains = [c for c in FILTER_CHAINS if ("filter", c) not in skip]
+        if fchains:  # like the restore input: an unchanged filter table is not written at all
+            out["filter"] = TableEdit(
+                {c: self._top_chain(rs, "filter", c) for c in fchains}, jumps=jumps["filter"]
+            )
+        nat = TableEdit(jumps=jumps["nat"])
+        for c in NAT_CHAINS:
+            if ("nat", c) not in skip:
+                nat.chains[c] = self._top_chain(rs, "nat", c)
+        if plan.full:
+            picked = rs.services.values()
+            wanted = plan.wanted
+            nat.stale = lambda existing: {c for c in existing if is_service_chain(c)} - wanted
+        else:
+            picked = [rs.services[s] for s in plan.only or () if s in rs.services]
+            nat.delete = set(plan.stale)
+        empty: tuple[list[bytes], list[str | None]] = ([], [])
+        for r in picked:
+            g = self.encoder.chains(r.chain_rules)
+            if len(g) > len(r.chains) or not g.keys() <= set(r.chains):
+                raise EncodeError(f"rules of undeclared chains in {sorted(set(g) - set(r.chains))}")
+            for c in r.chains:
+                nat.chains[c] = g.get(c, empty)
+        out["nat"] = nat
+        return out
+
+    async def write(self, rs: Ruleset, plan: SyncPlan) -> WriteResult:
+        t0 = time.perf_counter()
+        self.encoder.begin()
+        try:
+            edits = self.edits(rs, plan)
+        except EncodeError as e:
+            self.encoder.begin()  # keep the previous memo intact
+            self.tables.forget()
+            log.warning(
+                "direct x_tables writer cannot encode this sync (%s); using iptables-legacy-restore for it",
+                e,
+            )
+            res = await self.fallback.write(rs, plan)
+            res.fallback = str(e)
+            return res
+        if plan.full:
+            self.encoder.end()
+        else:  # a partial sync touches few fragments: keep the rest of the memo
+            self.encoder.merge()
+        t1 = time.perf_counter()
+        try:
+            stats = self.tables.write(edits, reread=plan.full)
+        except (XtablesError, BlobError, OSError):
+            self.tables.forget()
+            raise
+        res = WriteResult("xtables", encode_s=t1 - t0)
+        for table, st in stats.items():
+            res.tables_read[table] = st.read
+            res.stale += st.stale
+            res.bytes += st.bytes
+            res.read_s += st.read_s
+            res.kernel_s += st.compile_s + st.kernel_s
+        inserted = sum(st.jumps_inserted for st in stats.values())
+        if inserted:
+            log.info("inserted %d jump rule(s) into built-in chains (legacy, direct)", inserted)
+        return res
+
+
+__all__ = [
+    "HOOKS",
+    "BlobError",
+    "Encoder",
+    "Info",
+    "TableEdit",
+    "TableWriter",
+    "XtablesWriter",
+    "WriteStats",
+    "XtablesError",
+    "add_counters",
+    "get_info",
+    "kernel_revision",
+    "open_socket",
+    "read_table",
+    "replace",
+    "xtables_lock",
+]

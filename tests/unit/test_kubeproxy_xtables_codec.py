@@ -1,0 +1,280 @@
+"""The x_tables codec without a kernel: our rule lines -> entries -> blob -> chains and back.
+
+The byte layouts themselves are pinned against the kernel by
+tests/netns/test_kubeproxy_xtables.py (iptables-legacy-save of what we wrote == of what
+iptables-legacy-restore wrote); here: the fast path gives the general parser's bytes, a
+compiled table splits back into the same chains with jumps relocated, and the few
+layout facts the netns test found the hard way.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
+from kubeproxy.iptables.render import JUMP_RULES, NodeContext, Renderer
+from kubeproxy.iptables.xtables_codec import (
+    ENTRY_SIZE,
+    FALLTHROUGH,
+    RETURN_ENTRY,
+    Chain,
+    EncodeError,
+    Encoder,
+    Table,
+    compile_table,
+    describe,
+    parse_table,
+    reindex,
+)
+
+
+def spn(ns="ns1", name="svc1", port="p80", proto="TCP") -> ServicePortName:
+    return ServicePortName(ns, name, port, proto)
+
+
+def scenario() -> tuple[dict, dict]:
+    """Every kind of service the renderer distinguishes (shared with the netns oracle)."""
+    services: dict = {}
+    endpoints: dict = {}
+
+    def add(s: ServicePortInfo, *eps: Endpoint) -> None:
+        services[s.name] = s
+        endpoints[s.name] = eps
+
+    ep = Endpoint
+    add(
+        ServicePortInfo(spn(), "172.30.0.41", 80, "TCP", 80),
+        ep("10.180.0.1", 80, node_name="node1"),
+        ep("10.180.0.2", 80, node_name="node2"),
+    )
+    add(
+        ServicePortInfo(
+            spn(name="np"), "172.30.0.42", 80, "TCP", 80, node_port=30080, type="NodePort"
+        ),
+        ep("10.180.0.3", 8080, node_name="node1"),
+    )
+    add(
+        ServicePortInfo(
+            spn(name="loc"), "172.30.0.43", 80, "TCP", 80, node_port=30081, type="LoadBalancer", external_local=True,
+            health_check_node_port=30000, external_ips=("192.0.2.1",), load_balancer_ips=("192.0.2.2",),
+        ),
+        ep("10.180.0.4", 80, node_name="node1"), ep("10.180.0.5", 80, node_name="node2"),
+    )  # fmt: skip
+    add(
+        ServicePortInfo(spn(name="aff"), "172.30.0.44", 80, "TCP", 80, session_affinity_timeout=10800),
+        ep("10.180.0.6", 80), ep("10.180.0.7", 80), ep("10.180.0.8", 80),
+    )  # fmt: skip
+    add(
+        ServicePortInfo(
+            spn(name="none"),
+            "172.30.0.45",
+            80,
+            "TCP",
+            80,
+            node_port=30082,
+            type="NodePort",
+            external_ips=("192.0.2.3",),
+        )
+    )
+    add(
+        ServicePortInfo(spn(name="udp", port="dns", proto="UDP"), "172.30.0.46", 53, "UDP", 5353),
+        ep("10.180.0.9", 5353),
+    )
+    add(
+        ServicePortInfo(spn(name="sctp", port="s", proto="SCTP"), "172.30.0.46", 9, "SCTP", 9),
+        ep("10.180.0.9", 9),
+    )
+    add(
+        ServicePortInfo(
+            spn(name="itl", port="a"), "172.30.0.47", 80, "TCP", 80, internal_local=True
+        ),
+        ep("10.180.0.10", 80, node_name="node2"),
+    )
+    add(
+        ServicePortInfo(
+            spn(name="itl", port="b"), "172.30.0.47", 81, "TCP", 81, internal_local=True
+        ),
+        ep("10.180.0.11", 81, node_name="node1"),
+    )
+    add(
+        ServicePortInfo(spn(name="elnone"), "172.30.0.49", 80, "TCP", 80, node_port=30083, type="NodePort", external_local=True, load_balancer_ips=("192.0.2.4",)),
+        ep("10.180.0.12", 80, node_name="node2"),
+    )  # fmt: skip
+    return services, endpoints
+
+
+CONTEXTS = {
+    "cluster-cidr": NodeContext("node1", "10.0.0.0/24"),
+    "masquerade-all+nodeport-ips": NodeContext(
+        "node1", "", masquerade_all=True, nodeport_ips=("172.18.0.3", "127.0.0.1")
+    ),
+    "localhost-nodeports+liberal": NodeContext(
+        "node1", "10.0.0.0/24", localhost_nodeports=True, conntrack_tcp_liberal=True
+    ),
+}
+
+
+def rule_lines(ctx: NodeContext) -> list[str]:
+    s, e = scenario()
+    text = Renderer().render(s, e, ctx).restore_input()
+    return [ln for ln in text.splitlines() if ln.startswith("-A ")] + [
+        j.save_line() for j in JUMP_RULES
+    ]
+
+
+@pytest.mark.parametrize("ctx", CONTEXTS.values(), ids=CONTEXTS.keys())
+def test_fast_path_gives_the_general_parsers_bytes(ctx):
+    enc = Encoder()
+    fast = 0
+    for ln in rule_lines(ctx):
+        general = enc.parse_line(ln)
+        quick = enc._fast(ln)
+        if quick is not None:
+            fast += 1
+            assert quick == general, ln
+        assert enc.line(ln) == general
+    assert fast > 20  # the shapes of KUBE-SVC/SEP/SERVICES lines do take the fast path
+
+
+def test_entry_layout_facts():
+    enc = Encoder()
+    e = enc.line(
+        "-A KUBE-SVC-X -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-Y"
+    )
+    d = describe(e.entry)
+    assert e.label == "KUBE-SEP-Y" and d["target"][0] == ""  # a jump is a standard target
+    (name, rev, data) = d["matches"][0]
+    assert (name, rev) == ("statistic", 0)
+    # probability as lround(2^31 * p), and libxt_statistic's u.nth.count alias of it
+    assert struct.unpack_from("<HHIII", data) == (0, 0, 0x40000000, 0, 0x40000000)
+    e = enc.line("-A KUBE-SEP-Y -m tcp -p tcp -j DNAT --to-destination 10.1.2.3:8080")
+    name, rev, data = describe(e.entry)["target"]
+    assert (name, rev, len(data)) == ("DNAT", 2, 48)  # struct nf_nat_range2
+    assert (
+        data[:8] == struct.pack("<I4s", 3, bytes([10, 1, 2, 3]))
+        and data[36:40] == (8080).to_bytes(2, "big") * 2
+    )
+    e = enc.line(
+        '-A KUBE-SERVICES -m comment --comment "a b" -m tcp -p tcp -d 10.96.0.1 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ'
+    )
+    d = describe(e.entry)
+    assert d["dst"] == "10.96.0.1/255.255.255.255" and d["src"] == "10.0.0.0/255.0.0.0"
+    assert d["invflags"] == 0x08 and d["proto"] == 6
+    assert [m[0] for m in d["matches"]] == ["comment", "tcp"]
+    assert d["matches"][0][2].rstrip(b"\0") == b"a b" and len(d["matches"][0][2]) == 256
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "-A X -m limit --limit 5/s -j ACCEPT",  # unknown match
+        "-A X -j LOG --log-prefix x",  # unknown target
+        "-A X -m tcp -p tcp --dport 80 --syn -j ACCEPT",  # unknown option
+        "-A X -i eth0 -j ACCEPT",  # interfaces are not rendered
+        "-A X -s 2001:db8::1 -j ACCEPT",  # IPv6
+        '-A X -m comment --comment "unbalanced -j ACCEPT',
+        "-I X 1 -j ACCEPT",
+    ],
+)
+def test_unknown_grammar_raises_encode_error(line):
+    with pytest.raises(EncodeError):
+        Encoder().line(line)
+
+
+def build_table(ctx: NodeContext) -> Table:
+    """A nat table as the kernel would hold it after our first sync, plus foreign bits."""
+    enc = Encoder()
+    t = Table("nat", 0b11011, {})
+    for h, name in ((0, "PREROUTING"), (1, "INPUT"), (3, "OUTPUT"), (4, "POSTROUTING")):
+        policy = enc.line(f"-A {name} -j ACCEPT").entry
+        t.chains[name] = Chain(name, hook=h, tail=policy)
+    s, e = scenario()
+    rs = Renderer().render(s, e, ctx)
+    text = rs.restore_input()
+    nat = text[text.index("*nat") :]
+    for ln in nat.splitlines():
+        if ln.startswith(":"):
+            t.chains.setdefault(ln[1:].split()[0], Chain(ln[1:].split()[0]))
+        elif ln.startswith("-A "):
+            x = enc.line(ln)
+            c = t.chains[x.chain]
+            c.entries.append(x.entry)
+            c.labels.append(x.label)
+    for j in JUMP_RULES:
+        if j.table == "nat":
+            x = enc.line(j.save_line())
+            t.chains[j.src].entries.insert(0, x.entry)
+            t.chains[j.src].labels.insert(0, x.label)
+    t.chains["FOREIGN"] = Chain("FOREIGN")
+    x = enc.line("-A FOREIGN -s 192.0.2.9")  # no target: falls through
+    t.chains["FOREIGN"].entries += [x.entry]
+    t.chains["FOREIGN"].labels += [x.label]
+    x = enc.line("-A POSTROUTING -j FOREIGN")
+    t.chains["POSTROUTING"].entries.append(x.entry)
+    t.chains["POSTROUTING"].labels.append(x.label)
+    t.chains["EMPTY"] = Chain("EMPTY")
+    for c in t.chains.values():
+        c.kidx = [-1] * len(c.entries)
+    return t
+
+
+@pytest.mark.parametrize("ctx", CONTEXTS.values(), ids=CONTEXTS.keys())
+def test_compiled_table_splits_back_into_the_same_chains(ctx):
+    t = build_table(ctx)
+    c = compile_table(t)
+    back = parse_table("nat", t.valid_hooks, c.hook_entry, c.underflow, c.blob)
+    assert list(back.chains)[:4] == ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]
+    assert set(back.chains) == set(t.chains)
+    for name, ch in t.chains.items():
+        b = back.chains[name]
+        assert b.labels == ch.labels, name
+        assert len(b.entries) == len(ch.entries)
+        for x, y in zip(b.entries, ch.entries, strict=True):
+            assert x[:ENTRY_SIZE] == y[:ENTRY_SIZE]
+            assert x[ENTRY_SIZE:-8] == y[ENTRY_SIZE:-8]  # all but a jump's verdict
+    assert back.chains["FOREIGN"].labels == [FALLTHROUGH]
+    assert (
+        c.num_entries
+        == sum(len(ch.entries) + (1 if ch.hook is not None else 2) for ch in t.chains.values()) + 1
+    )
+    # user chains in name order (as libiptc lays them out), the built-ins first
+    offsets = []
+    pos = 0
+    while pos < len(c.blob):
+        offsets.append(pos)
+        pos += struct.unpack_from("<H", c.blob, pos + 90)[0]
+    assert pos == len(c.blob) and len(offsets) == c.num_entries
+
+
+def test_jumps_land_on_the_first_rule_of_their_chain_and_reindex_counts_entries():
+    t = build_table(CONTEXTS["cluster-cidr"])
+    c = compile_table(t)
+    back = parse_table("nat", t.valid_hooks, c.hook_entry, c.underflow, c.blob)
+    # the jump from PREROUTING lands right after KUBE-SERVICES' ERROR head
+    pre = back.chains["PREROUTING"].entries[0]
+    verdict = struct.unpack_from("<i", pre, len(pre) - 8)[0]
+    head = c.blob.index(b"KUBE-SERVICES\0".ljust(32, b"\0"))
+    assert verdict == head + 32  # errorname ends the head entry
+    assert c.blob[verdict - 64 + 2 : verdict - 64 + 7] == b"ERROR"  # the head's target name
+    reindex(back)
+    assert (
+        back.chains["POSTROUTING"].tail_kidx
+        == sum(
+            len(back.chains[n].entries) + 1
+            for n in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+        )
+        - 1
+    )
+
+
+def test_user_chain_tail_and_jump_to_missing_chain():
+    t = build_table(CONTEXTS["cluster-cidr"])
+    x = Encoder().line("-A FOREIGN -j NOWHERE")
+    t.chains["FOREIGN"].entries.append(x.entry)
+    t.chains["FOREIGN"].labels.append(x.label)
+    t.chains["FOREIGN"].kidx.append(-1)
+    with pytest.raises(ValueError, match="NOWHERE"):
+        compile_table(t)
+    assert describe(RETURN_ENTRY)["target"][0] == "" and len(RETURN_ENTRY) == ENTRY_SIZE + 40
