@@ -38,6 +38,7 @@ PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
 SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 ACCEPT_BATCH = 128
+READ_ROUNDS = 4  # socket -> pipe -> socket rounds per readiness callback
 UDP_BATCH = 64
 UDP_BUF = 65535
 LINGER_RST = struct.pack("ii", 1, 0)
@@ -170,28 +171,35 @@ class _Direction:
         self.done = False
 
     def on_readable(self) -> None:
-        try:
-            n = os.splice(self.src, self.w, PIPE_SIZE, flags=SPLICE)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.relay.abort()
-            return
-        if n == 0:
-            self.loop.remove_reader(self.src)
-            self.finish()
-            return
-        r, dst = self.r, self.dst
-        try:
-            while n:
-                n -= os.splice(r, dst, n, flags=SPLICE)
-        except BlockingIOError:
-            self.pending = n
-            self.loop.remove_reader(self.src)
-            self.loop.add_writer(dst, self.on_writable)
-        except OSError:
-            self.pending = n  # bytes left in the pipe: it must not go back to the pool
-            self.relay.abort()
+        src, r, w, dst = self.src, self.r, self.w, self.dst
+        # read until EAGAIN: a FIN that arrived with the data (an HTTP server answering and
+        # closing) is passed on right behind it, not one loop iteration later, after which
+        # the client would have closed first and be left holding the TIME_WAIT; bounded so
+        # that one bulk sender cannot starve the other connections
+        for _ in range(READ_ROUNDS):
+            try:
+                n = os.splice(src, w, PIPE_SIZE, flags=SPLICE)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.relay.abort()
+                return
+            if n == 0:
+                self.loop.remove_reader(src)
+                self.finish()
+                return
+            try:
+                while n:
+                    n -= os.splice(r, dst, n, flags=SPLICE)
+            except BlockingIOError:
+                self.pending = n
+                self.loop.remove_reader(src)
+                self.loop.add_writer(dst, self.on_writable)
+                return
+            except OSError:
+                self.pending = n  # bytes left in the pipe: it must not go back to the pool
+                self.relay.abort()
+                return
 
     def on_writable(self) -> None:
         n, r, dst = self.pending, self.r, self.dst
