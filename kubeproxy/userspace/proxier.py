@@ -10,6 +10,7 @@ iptables-legacy-restore. ``cleanup`` removes every rule and chain this mode inst
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 from dataclasses import dataclass
@@ -97,6 +98,10 @@ class UserspaceProxier:
             self.node_ip = await asyncio.to_thread(detect_node_ip)
         if self.clean_other_modes:  # like kube-proxy: a mode starts by removing the other's rules
             await self.applier.cleanup_iptables_mode()
+        # everything allocated so far (modules, the informers' caches, ...) lives as long as
+        # the process: out of the cyclic GC's sight, so a full collection on the data path
+        # only walks what was allocated since
+        gc.freeze()
         if type(self.loop).__module__.split(".")[0] != "uvloop":
             log.info("userspace proxy on %s (uvloop is faster)", type(self.loop).__name__)
         log.info(

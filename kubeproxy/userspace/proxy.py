@@ -161,7 +161,7 @@ class _Direction:
     def __init__(
         self, relay: Relay, src: int, dst: int, dst_sock: _socket.socket, pipe: tuple[int, int]
     ):
-        self.relay = relay
+        self.relay: Relay | None = relay  # None once closed
         self.loop = relay.loop
         self.src = src
         self.dst = dst
@@ -276,6 +276,7 @@ class Relay:
         self.backend.close()
         for d in (self.up, self.down):
             pool.put(d.r, d.w, d.pending == 0)
+            d.relay = None  # break the relay <-> direction cycle: freed by refcount, not the GC
         self.owner.relays.discard(self)
 
 
