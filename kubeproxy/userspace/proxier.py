@@ -20,7 +20,7 @@ from kubecommon.model import Endpoint, NodeInfo, ServicePortInfo, ServicePortNam
 from ..config import ProxyConfig
 from .apply import PortalApplier
 from .loadbalancer import LoadBalancer
-from .proxy import PipePool, PortAllocator, TCPProxy, UDPProxy, raise_nofile_limit
+from .proxy import PipePool, Poller, PortAllocator, TCPProxy, UDPProxy, raise_nofile_limit
 from .render import Portal, render
 
 log = logging.getLogger("kubeproxy")
@@ -82,6 +82,7 @@ class UserspaceProxier:
         self.services: dict[ServicePortName, _Service] = {}
         self.node_ports: dict[tuple[str, int], tuple[ServicePortName, socket.socket]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.poller: Poller | None = None
 
     # -- runner hooks --------------------------------------------------------------------
 
@@ -92,6 +93,7 @@ class UserspaceProxier:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.poller = Poller(self.loop)
         limit = raise_nofile_limit()
         if not self.node_ip:
             # pyroute2's IPRoute runs its own event loop: not inside ours
@@ -159,15 +161,19 @@ class UserspaceProxier:
         for spn in list(self.services):
             self._stop(spn, drop_connections=True)
         self.pipes.close()
+        if self.poller is not None:
+            self.poller.close()
 
     # -- listeners -----------------------------------------------------------------------
 
     def _start(self, spn: ServicePortName, info: ServicePortInfo) -> None:
-        assert self.loop is not None
+        assert self.loop is not None and self.poller is not None
         sock = self.ports.bind(info.protocol, self.listen_ip)
         try:
             if info.protocol == "TCP":
-                proxy: TCPProxy | UDPProxy = TCPProxy(self.loop, spn, self.lb, sock, self.pipes)
+                proxy: TCPProxy | UDPProxy = TCPProxy(
+                    self.loop, spn, self.lb, sock, self.pipes, self.poller
+                )
             else:
                 proxy = UDPProxy(self.loop, spn, self.lb, sock, self.config.udp_timeout)
         except OSError:
