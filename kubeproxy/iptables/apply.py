@@ -157,6 +157,7 @@ class WriteResult:
     kernel_s: float = 0.0  # restore process, or compile + SET_REPLACE + ADD_COUNTERS
     fallback: str = ""  # why the direct writer handed this sync to iptables-restore
     tables_read: dict[str, bool] = field(default_factory=dict)  # x_tables: table -> read from the kernel
+    tables_written: dict[str, bool] = field(default_factory=dict)  # x_tables: table -> replaced
 
 
 class RestoreWriter:

@@ -44,6 +44,7 @@ from .render import (
     is_service_chain,
 )
 from .xtables_codec import (
+    HEADROOM,
     HOOKS,
     BlobError,
     Chain,
@@ -52,6 +53,7 @@ from .xtables_codec import (
     Encoder,
     Table,
     compile_table,
+    masked,
     parse_table,
     reindex,
     same_rule,
@@ -170,11 +172,11 @@ def replace(
 ) -> np.ndarray:
     """IPT_SO_SET_REPLACE; returns the old table's counters (num_counters x (packets, bytes))."""
     old = np.zeros((max(num_counters, 1), 2), dtype=np.uint64)
-    head = _REPLACE.pack(
-        _table_name(table), valid_hooks, c.num_entries, len(c.blob), *c.hook_entry, *c.underflow, num_counters,
-        old.ctypes.data,
+    _REPLACE.pack_into(
+        c.buf, 0, _table_name(table), valid_hooks, c.num_entries, len(c.buf) - HEADROOM,
+        *c.hook_entry, *c.underflow, num_counters, old.ctypes.data,
     )  # fmt: skip
-    buf = ctypes.create_string_buffer(head + c.blob, len(head) + len(c.blob))
+    buf = (ctypes.c_char * len(c.buf)).from_buffer(c.buf)  # the blob sits right behind the header
     _setsockopt(sock.fileno(), IPT_SO_SET_REPLACE, buf)
     return old[:num_counters]
 
@@ -240,7 +242,9 @@ class TableEdit:
 
 @dataclass
 class WriteStats:
-    read: bool = False  # the table was read from the kernel (not the cached copy)
+    read: bool = False  # the table was fetched with GET_ENTRIES (not trusted from GET_INFO)
+    parsed: bool = False  # ... and split into chains (it was not the table we wrote last)
+    replaced: bool = False  # SET_REPLACE done (False: the table already was as wanted)
     read_s: float = 0.0
     compile_s: float = 0.0
     kernel_s: float = 0.0  # SET_REPLACE + ADD_COUNTERS
@@ -250,21 +254,33 @@ class WriteStats:
     jumps_inserted: int = 0
 
 
-def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int]:
-    """Change the table model as the restore input would; returns (stale deleted, jumps inserted)."""
+def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int, bool]:
+    """Change the table model as the restore input would.
+
+    Returns (stale chains deleted, jumps inserted, whether anything changed). A chain whose
+    new rules equal its current ones keeps its entries (and so its counters).
+    """
     delete = set(edit.delete)
     if edit.stale is not None:
         delete |= edit.stale(t.chains)
     delete -= set(edit.chains)
+    deleted = 0
     for name in delete:
         c = t.chains.get(name)
         if c is not None and c.hook is None:
             del t.chains[name]
+            deleted += 1
+    changed = bool(deleted)
     for name, (entries, labels) in edit.chains.items():
         c = t.chains.get(name)
         if c is None:
             c = t.chains[name] = Chain(name)
+        elif c.hook is not None:
+            raise XtablesError(f"table {t.name}: {name} is a built-in chain")
+        elif c.entries == entries and c.labels == labels:
+            continue
         c.set_rules(entries, labels)
+        changed = True
     inserted = 0
     for src, entry, dst in edit.jumps:
         c = t.chains.get(src)
@@ -276,39 +292,85 @@ def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int]:
         c.labels.insert(0, dst)
         c.kidx.insert(0, -1)
         inserted += 1
-    return len(delete), inserted
+    return deleted, inserted, changed or inserted > 0
+
+
+@dataclass
+class _Written:
+    """What we know about a table we wrote: enough to recognise it and to reuse our model."""
+
+    info: Info
+    table: Table
+    offsets: np.ndarray
+    words: np.ndarray  # masked(blob)
 
 
 class TableWriter:
     """Read-modify-write of x_tables tables, remembering what it wrote last."""
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[Info, Table]] = {}
+        self._last: dict[str, _Written] = {}
 
     def forget(self) -> None:
         self._last.clear()
 
     def write(self, edits: dict[str, TableEdit], reread: bool) -> dict[str, WriteStats]:
+        """Apply the edits, one replace per table (none for a table already as wanted).
+
+        ``reread`` (full syncs): fetch the table even when GET_INFO looks like ours; if its
+        bytes are what we wrote (counters aside) our model is reused, else it is parsed,
+        so rules someone changed by hand are seen and repaired.
+        """
         out: dict[str, WriteStats] = {}
         with xtables_lock(), open_socket() as sock:
             for table, edit in edits.items():
                 out[table] = self._write_one(sock, table, edit, reread)
         return out
 
+    def _load(
+        self, sock: socket.socket, table: str, reread: bool, st: WriteStats
+    ) -> tuple[Info, Table, _Written | None]:
+        """The table (ours from last time if the kernel still holds it) and how to recognise it."""
+        info = get_info(sock, table)
+        last = self._last.pop(table, None)  # whatever happens next, the cache is spent
+        if last is not None and last.info == info:
+            if not reread:
+                return info, last.table, last
+            blob = get_entries(sock, table, info.size)
+            st.read = True
+            if np.array_equal(masked(blob, last.offsets), last.words):
+                return info, last.table, last
+        else:
+            st.read = True
+            try:
+                blob = get_entries(sock, table, info.size)
+            except OSError as e:
+                if e.errno != errno.EAGAIN:
+                    raise XtablesError(
+                        f"cannot read table {table!r} (IPT_SO_GET_ENTRIES: {e.strerror})"
+                    ) from e
+                info, t = read_table(sock, table)  # replaced in between: start over
+                st.parsed = True
+                return info, t, None
+        st.parsed = True
+        t = parse_table(table, info.valid_hooks, info.hook_entry, info.underflow, blob)
+        return info, t, _Written(info, t, t.offsets, masked(blob, t.offsets))
+
     def _write_one(
         self, sock: socket.socket, table: str, edit: TableEdit, reread: bool
     ) -> WriteStats:
         st = WriteStats()
         t0 = time.perf_counter()
-        info = get_info(sock, table)
-        last = self._last.pop(table, None)  # whatever happens next, the cache is spent
-        if reread or last is None or last[0] != info:
-            info, t = read_table(sock, table)
-            st.read = True
-        else:
-            t = last[1]
+        info, t, known = self._load(sock, table, reread, st)
         t1 = time.perf_counter()
-        st.stale, st.jumps_inserted = apply_edit(t, edit)
+        st.stale, st.jumps_inserted, changed = apply_edit(t, edit)
+        if not changed:  # the kernel already holds exactly this table
+            if known is not None:
+                self._last[table] = known
+            st.read_s = t1 - t0
+            st.compile_s = time.perf_counter() - t1
+            st.entries, st.bytes = info.num_entries, info.size
+            return st
         c = compile_table(t)
         t2 = time.perf_counter()
         try:
@@ -321,6 +383,7 @@ class TableWriter:
             raise XtablesError(
                 f"cannot replace table {table} (IPT_SO_SET_REPLACE: {e.strerror})"
             ) from e
+        st.replaced = True
         keep = c.old_index >= 0
         counters = np.zeros((c.num_entries, 2), dtype=np.uint64)
         if len(old):
@@ -330,7 +393,7 @@ class TableWriter:
         reindex(t)
         after = get_info(sock, table)  # still under the lock: this is the table we wrote
         if after.num_entries == c.num_entries and after.size == len(c.blob):
-            self._last[table] = (after, t)
+            self._last[table] = _Written(after, t, c.offsets, masked(c.blob, c.offsets))
         st.read_s, st.compile_s, st.kernel_s = t1 - t0, t2 - t1, t3 - t2
         st.entries, st.bytes = c.num_entries, len(c.blob)
         return st
@@ -445,6 +508,7 @@ class XtablesWriter:
         res = WriteResult("xtables", encode_s=t1 - t0)
         for table, st in stats.items():
             res.tables_read[table] = st.read
+            res.tables_written[table] = st.replaced
             res.stale += st.stale
             res.bytes += st.bytes
             res.read_s += st.read_s

@@ -29,6 +29,7 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -111,6 +112,7 @@ class Table:
     name: str
     valid_hooks: int
     chains: dict[str, Chain]  # built-ins (hook order) and user chains
+    offsets: np.ndarray | None = None  # as parsed: every entry's offset in the kernel's blob
 
     def user_chains(self) -> list[str]:
         return sorted(c for c, ch in self.chains.items() if ch.hook is None)
@@ -135,6 +137,7 @@ def parse_table(
     kinds: list[int] = []  # 0 other target, 1 standard, 2 error
     verdicts: list[int] = []
     flags: list[int] = []
+    jumps_at: list[int] = []  # byte offsets of jump verdicts
     off = 0
     while off < size:
         toff, noff = unpack("<HH", blob, off + OFF_TARGET_OFFSET)
@@ -147,7 +150,10 @@ def parse_table(
         flags.append(blob[off + 83])
         if tname[0] == 0:
             kinds.append(1)
-            verdicts.append(unpack("<i", blob, t + XT_HEADER_SIZE)[0])
+            v = unpack("<i", blob, t + XT_HEADER_SIZE)[0]
+            verdicts.append(v)
+            if v >= 0:
+                jumps_at.append(t + XT_HEADER_SIZE)
         elif tname.startswith(b"ERROR\0"):
             kinds.append(2)
             verdicts.append(0)
@@ -157,6 +163,13 @@ def parse_table(
         off += noff
     if off != size or not offs or kinds[-1] != 2:
         raise BlobError(f"{name}: table does not end with an ERROR entry")
+    # Entries are kept as bytes comparable with our encoder's: counters, comefrom and jump
+    # verdicts zeroed (counters are carried by index, jumps by label).
+    offsets = np.asarray(offs, dtype=np.int64)
+    words = masked(blob, offsets)
+    if jumps_at:
+        words[np.asarray(jumps_at, dtype=np.int64) // 4] = 0
+    blob = words.tobytes()
     # Chain starts: built-in hook entries; user chains: the entry after their head.
     starts: dict[int, str] = {}
     for i, o in enumerate(offs[:-1]):
@@ -206,7 +219,7 @@ def parse_table(
         cur.kidx.append(i)
     if cur is not None and cur.hook is None:
         _close_user_chain(cur, blob)
-    return Table(name, valid_hooks, chains)
+    return Table(name, valid_hooks, chains, offsets)
 
 
 def _close_user_chain(c: Chain, blob: bytes) -> None:
@@ -217,6 +230,7 @@ def _close_user_chain(c: Chain, blob: bytes) -> None:
     c.tail_kidx = c.kidx.pop()
 
 
+@lru_cache(maxsize=1 << 17)
 def _head_entry(name: str) -> bytes:
     nb = name.encode()
     if len(nb) >= 32:
@@ -266,11 +280,27 @@ _FINAL_ERROR = (
 
 @dataclass
 class Compiled:
-    blob: bytes
+    buf: bytearray  # HEADROOM bytes for the caller's header (ipt_replace), then the blob
     hook_entry: list[int]
     underflow: list[int]
     num_entries: int
     old_index: np.ndarray  # per new entry: index in the kernel's current table, or -1
+    offsets: np.ndarray  # byte offset of every entry in the blob
+
+    @property
+    def blob(self) -> memoryview:
+        return memoryview(self.buf)[HEADROOM:]
+
+
+HEADROOM = 96  # sizeof(struct ipt_replace): the blob is built right behind it, no copy
+
+
+def masked(blob: bytes | bytearray | memoryview, offsets: np.ndarray) -> np.ndarray:
+    """The blob as u32 words with every entry's comefrom and counters zeroed (for comparing
+    what the kernel holds with what we wrote: the kernel keeps everything else as given)."""
+    a = np.frombuffer(blob, dtype="<u4").copy()
+    a[(offsets[:, None] // 4 + np.arange(OFF_COMEFROM // 4, ENTRY_SIZE // 4)).ravel()] = 0
+    return a
 
 
 def compile_table(t: Table) -> Compiled:
@@ -314,7 +344,7 @@ def compile_table(t: Table) -> Compiled:
     lengths = np.fromiter(map(len, parts), dtype=np.int64, count=n)
     ends = np.cumsum(lengths)
     offs = ends - lengths
-    blob = bytearray(b"".join(parts))
+    blob = bytearray(HEADROOM) + b"".join(parts)
     jidx = [i for i, lab in enumerate(labels) if lab is not None]
     if jidx:
         try:
@@ -333,13 +363,13 @@ def compile_table(t: Table) -> Compiled:
         )
         dv = np.where(is_chain, offs[np.minimum(dv, n - 1)], dv)
         view = np.frombuffer(blob, dtype="<i4")
-        view[(ends[ji] - 8) // 4] = dv.astype("<i4")
+        view[(HEADROOM + ends[ji] - 8) // 4] = dv.astype("<i4")
     hook_entry = [0] * 5
     underflow = [0] * 5
     for h, i in builtin_first.items():
         hook_entry[h] = int(offs[i])
         underflow[h] = int(offs[builtin_tail[h]])
-    return Compiled(bytes(blob), hook_entry, underflow, n, np.asarray(kidx, dtype=np.int64))
+    return Compiled(blob, hook_entry, underflow, n, np.asarray(kidx, dtype=np.int64), offs)
 
 
 def reindex(t: Table) -> None:

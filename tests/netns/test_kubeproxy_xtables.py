@@ -247,6 +247,29 @@ def test_partial_sync_uses_the_cached_table_unless_someone_else_wrote(pair):
         w = t.direct.last.write.tables_read
         assert w == {"nat": k == 1}, w
     assert "-A FLANNEL-POSTRTG -s 192.0.2.88/32 -j RETURN" in saved(DIRECT)
+    # a full resync of an unchanged table reads it, finds it as written, and writes nothing
+    t.sync(services, endpoints, full=True)
+    assert t.direct.last.write.tables_read == {"filter": True, "nat": True}
+    assert t.direct.last.write.tables_written == {"filter": False, "nat": False}
+    # a same-size edit by hand (GET_INFO cannot see it) is found by the next full sync
+    for ns in (DIRECT, RESTORE):
+        run(
+            "iptables-legacy",
+            "-t",
+            "nat",
+            "-R",
+            "KUBE-MARK-MASQ",
+            "1",
+            "-j",
+            "MARK",
+            "--or-mark",
+            "0x8000",
+            ns=ns,
+        )
+    assert "--or-mark 0x8000" in saved(DIRECT) or "0x8000/0x8000" in saved(DIRECT)
+    t.sync(services, endpoints, full=True)
+    assert t.direct.last.write.tables_written == {"filter": False, "nat": True}
+    assert "0x8000" not in saved(DIRECT)
 
 
 def test_unknown_rule_text_falls_back_to_iptables_restore(pair, monkeypatch, caplog):

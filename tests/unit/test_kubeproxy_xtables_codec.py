@@ -224,7 +224,7 @@ def build_table(ctx: NodeContext) -> Table:
 def test_compiled_table_splits_back_into_the_same_chains(ctx):
     t = build_table(ctx)
     c = compile_table(t)
-    back = parse_table("nat", t.valid_hooks, c.hook_entry, c.underflow, c.blob)
+    back = parse_table("nat", t.valid_hooks, c.hook_entry, c.underflow, bytes(c.blob))
     assert list(back.chains)[:4] == ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]
     assert set(back.chains) == set(t.chains)
     for name, ch in t.chains.items():
@@ -251,13 +251,18 @@ def test_compiled_table_splits_back_into_the_same_chains(ctx):
 def test_jumps_land_on_the_first_rule_of_their_chain_and_reindex_counts_entries():
     t = build_table(CONTEXTS["cluster-cidr"])
     c = compile_table(t)
-    back = parse_table("nat", t.valid_hooks, c.hook_entry, c.underflow, c.blob)
+    back = parse_table("nat", t.valid_hooks, c.hook_entry, c.underflow, bytes(c.blob))
     # the jump from PREROUTING lands right after KUBE-SERVICES' ERROR head
-    pre = back.chains["PREROUTING"].entries[0]
-    verdict = struct.unpack_from("<i", pre, len(pre) - 8)[0]
-    head = c.blob.index(b"KUBE-SERVICES\0".ljust(32, b"\0"))
+    blob = bytes(c.blob)
+    at = c.hook_entry[0]
+    noff = struct.unpack_from("<H", blob, at + 90)[0]
+    verdict = struct.unpack_from("<i", blob, at + noff - 8)[0]
+    # parsed entries are the encoder's bytes again (verdict, counters, comefrom zeroed)
+    assert back.chains["PREROUTING"].entries[0] == t.chains["PREROUTING"].entries[0]
+    assert back.chains["KUBE-MARK-MASQ"].entries == t.chains["KUBE-MARK-MASQ"].entries
+    head = bytes(c.blob).index(b"KUBE-SERVICES\0".ljust(32, b"\0"))
     assert verdict == head + 32  # errorname ends the head entry
-    assert c.blob[verdict - 64 + 2 : verdict - 64 + 7] == b"ERROR"  # the head's target name
+    assert bytes(c.blob)[verdict - 64 + 2 : verdict - 64 + 7] == b"ERROR"  # the head's target name
     reindex(back)
     assert (
         back.chains["POSTROUTING"].tail_kidx
