@@ -6,11 +6,13 @@
 Topology (prefix "ust-b", 172.30.6.128/25): client pod, server pod (Debian nginx with one
 worker, iperf3 -s), both behind the node's bridge; the proxy runs in the node namespace
 (kubeproxy.userspace.harness). Every mode is measured in every repetition, interleaved, and
-the table shows medians and ratios to direct from the same run:
+the order of the modes alternates from one repetition to the next, and the table shows
+medians and ratios to direct from the same run:
 - iperf3 bulk TCP throughput (one stream)
 - wrk keep-alive requests/s and latency p50/p99
 - wrk one-connection-per-request (``Connection: close``) requests/s and p50/p99
-Ratios: of the medians, and "(paired)" the median of each repetition's ratio.
+Ratios: of the medians, "(paired)" the median of each repetition's ratio, and the range
+of those per-repetition ratios (the run-to-run spread on a shared machine).
 """
 
 from __future__ import annotations
@@ -202,7 +204,9 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
     try:
         b.up()
         for rep in range(reps):
-            for mode in wanted:
+            # alternate the order: whatever one measurement leaves behind (TIME_WAIT
+            # sockets, a warm cache, another tenant's burst) does not always favour one mode
+            for mode in wanted if rep % 2 == 0 else wanted[::-1]:
                 gbps = b.iperf(mode)
                 ka = b.wrk(mode, close=False)
                 nc = b.wrk(mode, close=True)
@@ -238,17 +242,18 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
     }
     # each repetition measures every mode back to back: the median of the per-repetition
     # ratios cancels most of a shared machine's drifting load
-    paired = {
+    per_rep = {
         m: {
-            k: statistics.median(
+            k: [
                 r[k] / d[k] if d[k] else float("nan")
                 for r, d in zip(rs, runs["direct"], strict=False)
-            )
+            ]
             for k, _, _ in METRICS
         }
         for m, rs in runs.items()
         if rs and m != "direct" and runs.get("direct")
     }
+    paired = {m: {k: statistics.median(v) for k, v in ks.items()} for m, ks in per_rep.items()}
     table = Table(
         title=f"kube-proxy userspace vs direct (medians of {reps}, {duration}s each, wrk -c{connections})"
     )
@@ -258,6 +263,7 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
         if m != "direct":
             table.add_column(f"{m}/direct", justify="right")
             table.add_column("(paired)", justify="right")
+            table.add_column("(paired min-max)", justify="right")
     for k, label, _ in METRICS:
         cells = []
         for m in med:
@@ -265,6 +271,9 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
             if m != "direct":
                 cells.append(f"{ratios[m][k]:.2f}")
                 cells.append(f"{paired[m][k]:.2f}" if m in paired else "")
+                cells.append(
+                    f"{min(per_rep[m][k]):.2f}-{max(per_rep[m][k]):.2f}" if m in per_rep else ""
+                )
         table.add_row(label, *cells)
     Console(width=max(Console().width, 120)).print(table)
     result = {
@@ -276,6 +285,7 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
         "median": med,
         "ratio_to_direct": ratios,
         "paired_ratio_to_direct": paired,
+        "per_repetition_ratio_to_direct": per_rep,
     }
     if json_path:
         with open(json_path, "w") as f:
