@@ -26,6 +26,7 @@ from ..config import ProxyConfig
 from .apply import Applier, RestoreWriter, SyncPlan, WriteResult
 from .cleanup import cleanup as cleanup_tables
 from .render import FILTER_CHAINS, NAT_CHAINS, NodeContext, Renderer, Ruleset
+from .xtables_codec import gc_paused
 
 log = logging.getLogger("kubeproxy")
 
@@ -76,7 +77,8 @@ class IptablesProxier(host.NodeAwareProxier):
     ) -> None:
         t0 = time.perf_counter()
         full = self._need_full or (time.monotonic() - self._last_full >= self.config.sync_period)
-        ruleset = self.renderer.render(services, endpoints, self.context())
+        with gc_paused():  # thousands of small objects per service port: no GC passes meanwhile
+            ruleset = self.renderer.render(services, endpoints, self.context())
         wanted = ruleset.nat_service_chains()
         top = _top_texts(ruleset)
         t_render = time.perf_counter()

@@ -53,6 +53,7 @@ from .xtables_codec import (
     Encoder,
     Table,
     compile_table,
+    gc_paused,
     masked,
     parse_table,
     reindex,
@@ -302,7 +303,14 @@ class _Written:
     info: Info
     table: Table
     offsets: np.ndarray
-    words: np.ndarray  # masked(blob)
+    blob: bytes | bytearray | memoryview  # as we wrote or read it (masked only when compared)
+    _words: np.ndarray | None = None
+
+    def words(self) -> np.ndarray:
+        if self._words is None:
+            self._words = masked(self.blob, self.offsets)
+            self.blob = b""
+        return self._words
 
 
 class TableWriter:
@@ -338,7 +346,7 @@ class TableWriter:
                 return info, last.table, last
             blob = get_entries(sock, table, info.size)
             st.read = True
-            if np.array_equal(masked(blob, last.offsets), last.words):
+            if np.array_equal(masked(blob, last.offsets), last.words()):
                 return info, last.table, last
         else:
             st.read = True
@@ -354,7 +362,7 @@ class TableWriter:
                 return info, t, None
         st.parsed = True
         t = parse_table(table, info.valid_hooks, info.hook_entry, info.underflow, blob)
-        return info, t, _Written(info, t, t.offsets, masked(blob, t.offsets))
+        return info, t, _Written(info, t, t.offsets, blob)
 
     def _write_one(
         self, sock: socket.socket, table: str, edit: TableEdit, reread: bool
@@ -381,7 +389,8 @@ class TableWriter:
                     f"table {table} changed while we wrote it; the next sync re-reads it"
                 ) from e
             raise XtablesError(
-                f"cannot replace table {table} (IPT_SO_SET_REPLACE: {e.strerror})"
+                f"cannot replace table {table} (IPT_SO_SET_REPLACE: {e.strerror}); the kernel refused"
+                f" the table we built: run with --iptables-backend legacy-restore for iptables' diagnosis"
             ) from e
         st.replaced = True
         keep = c.old_index >= 0
@@ -393,7 +402,7 @@ class TableWriter:
         reindex(t)
         after = get_info(sock, table)  # still under the lock: this is the table we wrote
         if after.num_entries == c.num_entries and after.size == len(c.blob):
-            self._last[table] = _Written(after, t, c.offsets, masked(c.blob, c.offsets))
+            self._last[table] = _Written(after, t, c.offsets, c.blob)
         st.read_s, st.compile_s, st.kernel_s = t1 - t0, t2 - t1, t3 - t2
         st.entries, st.bytes = c.num_entries, len(c.blob)
         return st
@@ -484,7 +493,8 @@ class XtablesWriter:
         t0 = time.perf_counter()
         self.encoder.begin()
         try:
-            edits = self.edits(rs, plan)
+            with gc_paused():
+                edits = self.edits(rs, plan)
         except EncodeError as e:
             self.encoder.begin()  # keep the previous memo intact
             self.tables.forget()
@@ -501,7 +511,8 @@ class XtablesWriter:
             self.encoder.merge()
         t1 = time.perf_counter()
         try:
-            stats = self.tables.write(edits, reread=plan.full)
+            with gc_paused():
+                stats = self.tables.write(edits, reread=plan.full)
         except (XtablesError, BlobError, OSError):
             self.tables.forget()
             raise

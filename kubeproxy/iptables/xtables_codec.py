@@ -23,13 +23,16 @@ xt_*.h, nf_nat.h); x86-64/arm64 alignment (XT_ALIGN = 8).
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain as concat
 from typing import NamedTuple
 
 import numpy as np
@@ -76,6 +79,18 @@ def _name(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode()
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic GC while we build ~10^5 small containers (a quarter of a cold encode)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 class EncodeError(ValueError):
     """A rule line uses an option the encoder does not know (fall back to iptables-restore)."""
 
@@ -89,22 +104,43 @@ class BlobError(ValueError):
 
 @dataclass
 class Chain:
-    """One chain: its rule entries (bytes, jump label, index in the kernel's table or -1)."""
+    """One chain: its rule entries (bytes) and their jump labels.
+
+    Counters are carried by index: a built-in chain keeps each entry's index in the
+    kernel's table (``kidx``, -1 for a new one); a user chain is either ``fresh`` (rules
+    replaced: no counters) or still the run of entries after its head at ``head_kidx``.
+    Replace a user chain's rules only with ``set_rules`` (the compiled segment is cached).
+    """
 
     name: str
     hook: int | None = None  # built-in chain: NF_INET_* hook number
     entries: list[bytes] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)  # jump target / FALLTHROUGH / None
-    kidx: list[int] = field(default_factory=list)
+    kidx: list[int] = field(default_factory=list)  # built-in chains
     tail: bytes = b""  # built-in: the policy entry (raw); user chains: generated RETURN
     tail_kidx: int = -1
     head_kidx: int = -1
+    fresh: bool = True
+    _seg: tuple[tuple[bytes, ...], tuple[str | None, ...]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def set_rules(self, entries: list[bytes], labels: list[str | None]) -> None:
         """Replace the rules (new entries: no counters to keep)."""
         self.entries = entries
         self.labels = labels
-        self.kidx = [-1] * len(entries)
+        self.kidx = [-1] * len(entries) if self.hook is not None else []
+        self.fresh = True
+        self._seg = None
+
+    def segment(self) -> tuple[tuple[bytes, ...], tuple[str | None, ...]]:
+        """A user chain as laid out in the blob: head, rules, RETURN (and their labels)."""
+        if self._seg is None:
+            self._seg = (
+                (_head_entry(self.name), *self.entries, RETURN_ENTRY),
+                (None, *self.labels, None),
+            )
+        return self._seg
 
 
 @dataclass
@@ -191,7 +227,7 @@ def parse_table(
             if cur is not None and cur.hook is None:
                 _close_user_chain(cur, blob)
             cname = starts[nexts[i]]
-            cur = chains[cname] = Chain(cname)
+            cur = chains[cname] = Chain(cname, fresh=False)
             cur.head_kidx = i
             continue
         if o in hooks_at:
@@ -324,44 +360,50 @@ def compile_table(t: Table) -> Compiled:
         parts.append(c.tail)
         labels.append(None)
         kidx.append(c.tail_kidx)
-    for name in t.user_chains():
-        c = t.chains[name]
-        parts.append(_head_entry(name))
-        labels.append(None)
-        kidx.append(c.head_kidx)
-        first[name] = len(parts)
-        parts += c.entries
-        labels += c.labels
-        kidx += c.kidx
-        parts.append(RETURN_ENTRY)
-        labels.append(None)
-        kidx.append(c.tail_kidx)
+    nb = len(parts)
+    names = t.user_chains()
+    users = [t.chains[n] for n in names]
+    segs = [c.segment() for c in users]
+    parts.extend(concat.from_iterable(sg[0] for sg in segs))
+    labels.extend(concat.from_iterable(sg[1] for sg in segs))
     parts.append(_FINAL_ERROR)
     labels.append(None)
-    kidx.append(-1)
+    seglen = np.fromiter((len(sg[0]) for sg in segs), dtype=np.int64, count=len(segs))
+    segstart = np.cumsum(seglen) - seglen  # relative to nb
+    first.update(zip(names, (segstart + nb + 1).tolist(), strict=True))
+    # Old indices: built-ins entry by entry; a kept user chain is a run from its head.
+    heads = np.fromiter(
+        (-1 if c.fresh else c.head_kidx for c in users), dtype=np.int64, count=len(users)
+    )
+    run = np.repeat(heads, seglen)
+    within = np.arange(int(seglen.sum()), dtype=np.int64) - np.repeat(segstart, seglen)
+    old_index = np.concatenate(
+        [
+            np.asarray(kidx, dtype=np.int64),
+            np.where(run >= 0, run + within, -1),
+            np.array([-1], dtype=np.int64),
+        ]
+    )
 
     n = len(parts)
     lengths = np.fromiter(map(len, parts), dtype=np.int64, count=n)
     ends = np.cumsum(lengths)
     offs = ends - lengths
     blob = bytearray(HEADROOM) + b"".join(parts)
-    jidx = [i for i, lab in enumerate(labels) if lab is not None]
-    if jidx:
+    lab = np.array(labels, dtype=object)
+    ji = np.flatnonzero(lab != None)  # noqa: E711 (elementwise)
+    if len(ji):
         try:
             dest = [
-                int(ends[i]) if labels[i] is FALLTHROUGH else first[labels[i]]  # type: ignore[index]
-                for i in jidx
+                -1 if labels[i] is FALLTHROUGH else first[labels[i]]  # type: ignore[index]
+                for i in ji.tolist()
             ]
         except KeyError as e:
             raise BlobError(
                 f"{t.name}: a rule jumps to chain {e.args[0]}, which does not exist"
             ) from None
-        ji = np.asarray(jidx, dtype=np.int64)
         dv = np.asarray(dest, dtype=np.int64)
-        is_chain = np.fromiter(
-            (labels[i] is not FALLTHROUGH for i in jidx), dtype=bool, count=len(jidx)
-        )
-        dv = np.where(is_chain, offs[np.minimum(dv, n - 1)], dv)
+        dv = np.where(dv >= 0, offs[np.maximum(dv, 0)], ends[ji])  # fall through: the next entry
         view = np.frombuffer(blob, dtype="<i4")
         view[(HEADROOM + ends[ji] - 8) // 4] = dv.astype("<i4")
     hook_entry = [0] * 5
@@ -369,7 +411,7 @@ def compile_table(t: Table) -> Compiled:
     for h, i in builtin_first.items():
         hook_entry[h] = int(offs[i])
         underflow[h] = int(offs[builtin_tail[h]])
-    return Compiled(blob, hook_entry, underflow, n, np.asarray(kidx, dtype=np.int64), offs)
+    return Compiled(blob, hook_entry, underflow, n, old_index, offs)
 
 
 def reindex(t: Table) -> None:
@@ -384,11 +426,8 @@ def reindex(t: Table) -> None:
     for name in t.user_chains():
         c = t.chains[name]
         c.head_kidx = i
-        i += 1
-        c.kidx = list(range(i, i + len(c.entries)))
-        i += len(c.entries)
-        c.tail_kidx = i
-        i += 1
+        c.fresh = False
+        i += len(c.entries) + 2
 
 
 def same_rule(a: bytes, la: str | None, b: bytes, lb: str | None) -> bool:
@@ -858,12 +897,17 @@ class Encoder:
             hit = self._grouped.get(text)
             if hit is None:
                 hit = {}
-                for chain, entry, label in self.fragment(text):
+                line, fast = self.line, self._fast
+                for ln in text.splitlines():
+                    if not ln:
+                        continue
+                    chain, entry, label = fast(ln) or line(ln)
                     g = hit.get(chain)
                     if g is None:
                         g = hit[chain] = ([], [])
                     g[0].append(entry)
                     g[1].append(label)
+                self.encoded_lines += sum(len(g[0]) for g in hit.values())
             self._gused[text] = hit
         return hit
 
