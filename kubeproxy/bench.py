@@ -4,11 +4,13 @@
     pod): HTTP requests/s and latency p50/p99 with wrk, TCP throughput with iperf3, to the
     pod directly and through its ClusterIP, alternating, reported as ratios.
 (2) Rule programming in namespace "kpb-rules", at 1,000 / 5,000 / 10,000 services with 2
-    endpoints each, for the legacy and nft backends: a full sync (render + save + restore
-    + jump check) and the time from one EndpointSlice change written to the API server
-    stub to the end of the iptables-restore that makes it live (runner + proxier in this
-    process, --min-sync-period 0). Also python-iptables (libiptc) vs iptables-restore for a
-    full sync of 1,000 services.
+    endpoints each, for the backends legacy (the direct x_tables writer), legacy-restore
+    (iptables-legacy-restore) and nft: a full sync from an empty node with nothing
+    memoised ("cold"), a periodic full resync ("warm"), and the time from one
+    EndpointSlice change written to the API server stub to the end of the write that
+    makes it live (runner + proxier in this process, --min-sync-period 0); each split into
+    render / encode / read (save or GET_ENTRIES) / write. Also python-iptables (libiptc) vs
+    iptables-restore vs the direct writer for a full sync of 1,000 services.
 Prints rich tables and writes JSON (--json). Needs root; removes its namespaces.
 """
 
@@ -181,9 +183,23 @@ async def populate(client, start: int, stop: int) -> None:
     await asyncio.gather(*(one(i) for i in range(start, stop)))
 
 
+def split(last) -> dict:
+    """One sync's time: render, then the writer's share (encode / read / write)."""
+    w = last.write
+    return {"total_s": last.render_s + last.restore_s, "render_s": last.render_s, "encode_s": w.encode_s,
+            "read_s": w.read_s, "write_s": w.kernel_s, "via": w.via}
+
+
+def split_stats(samples: list[dict]) -> dict:
+    out = {k: stats([x[k] for x in samples]) for k in ("total_s", "render_s", "encode_s", "read_s", "write_s")}
+    out["via"] = sorted({x["via"] for x in samples})
+    return out
+
+
 async def rules_for_backend(client, backend: str, n: int, reps: int, changes: int) -> dict:
+    """Cold full syncs (empty node, fresh proxier), warm full syncs (periodic resync), one change."""
     from .config import ProxyConfig
-    from .iptables.proxier import IptablesProxier
+    from .iptables.proxier import IptablesProxier, _writer
     from .iptables.render import Renderer
     from .runner import Runner
 
@@ -200,26 +216,33 @@ async def rules_for_backend(client, backend: str, n: int, reps: int, changes: in
         if fut is not None and not fut.done() and res.ok and res.oldest_change is not None:
             fut.set_result(time.time())
 
+    async def resync() -> None:
+        proxier.request_full_sync()
+        before = len(results)
+        runner.request_sync()
+        while len(results) == before:
+            await asyncio.sleep(0.01)
+        if not results[-1].ok or not proxier.last.full:
+            raise RuntimeError(f"{backend}: full sync failed")
+
     runner.on_synced.append(synced)
     task = asyncio.create_task(runner.run())
     try:
         await asyncio.wait_for(runner.ready.wait(), 1800)
         while runner.services.__len__() < n:  # initial list may race with populate: wait
             await asyncio.sleep(0.1)
-        full = [proxier.last.render_s + proxier.last.restore_s]
-        first = dict(render_s=proxier.last.render_s, apply_s=proxier.last.restore_s)
-        renders, applies = [proxier.last.render_s], [proxier.last.restore_s]
-        for _ in range(reps - 1):  # steady-state full resyncs from a cold renderer
+        cold = [split(proxier.last)]  # the first sync: empty node, nothing memoised
+        for _ in range(reps - 1):
+            sh(PY, "-m", "kubeproxy", "--cleanup", check=False)  # empty node again
             proxier.renderer = Renderer()
-            proxier.request_full_sync()
-            runner.request_sync()
-            before = len(results)
-            while len(results) == before:
-                await asyncio.sleep(0.01)
-            full.append(proxier.last.render_s + proxier.last.restore_s)
-            renders.append(proxier.last.render_s)
-            applies.append(proxier.last.restore_s)
-        lat = []
+            proxier.writer = _writer(backend, proxier.applier)
+            await resync()
+            cold.append(split(proxier.last))
+        warm = []
+        for _ in range(reps):  # a periodic resync: everything in place, renderer/encoder warm
+            await resync()
+            warm.append(split(proxier.last))
+        lat, partial = [], []
         for k in range(changes):
             i = (k * 7919) % n
             c = next(_CHANGE)  # never the same address twice: a no-op write sends no event
@@ -232,11 +255,12 @@ async def rules_for_backend(client, backend: str, n: int, reps: int, changes: in
             await client.replace("endpointslices", body)
             t1 = await asyncio.wait_for(waiter["f"], 600)
             lat.append(t1 - t0)
+            partial.append(split(proxier.last))
         check = sh(proxier.applier.save_cmd, "-t", "nat").stdout
         live = f"--to-destination {new_ip}:8080" in check
-        return {"full_sync_s": stats(full), "first_sync": first, "render_s": stats(renders), "apply_s": stats(applies),
-                "one_change_s": stats(lat), "change_verified_in_kernel": live,
-                "rules_nat": check.count("\n-A ")}
+        return {"full_sync_cold": split_stats(cold), "full_sync_warm": split_stats(warm),
+                "one_change_s": stats(lat), "one_change_sync": split_stats(partial),
+                "change_verified_in_kernel": live, "rules_nat": check.count("\n-A ")}
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -259,6 +283,18 @@ def libiptc_vs_restore(n: int) -> dict:
     text = render(services, endpoints, ctx)
     subprocess.run(["iptables-legacy-restore", "--noflush"], input=text.encode(), check=True)
     t_restore = time.perf_counter() - t0
+    subprocess.run([PY, "-m", "kubeproxy", "--cleanup"], capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+    from .iptables.apply import Applier, RestoreWriter, SyncPlan
+    from .iptables.render import Renderer
+    from .iptables.xtables import XtablesWriter
+
+    t0 = time.perf_counter()
+    rs = Renderer().render(services, endpoints, ctx)
+    res = asyncio.run(XtablesWriter(RestoreWriter(Applier("legacy"))).write(rs, SyncPlan(True, rs.nat_service_chains())))
+    t_direct = time.perf_counter() - t0
+    if res.via != "xtables":
+        raise RuntimeError(f"direct writer fell back to iptables-restore: {res.fallback}")
     subprocess.run([PY, "-m", "kubeproxy", "--cleanup"], capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
     t0 = time.perf_counter()
@@ -307,8 +343,8 @@ def libiptc_vs_restore(n: int) -> dict:
     t_libiptc = time.perf_counter() - t0
     table.autocommit = True
     subprocess.run([PY, "-m", "kubeproxy", "--cleanup"], capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    return {"services": n, "iptables_restore_s": t_restore, "python_iptables_s": t_libiptc,
-            "ratio": t_libiptc / t_restore}
+    return {"services": n, "iptables_restore_s": t_restore, "python_iptables_s": t_libiptc, "direct_s": t_direct,
+            "ratio": t_libiptc / t_restore, "restore_over_direct": t_restore / t_direct}
 
 
 async def rule_programming(sizes: list[int], backends: list[str], reps: int, nft_reps: int, changes: int) -> dict:
@@ -336,10 +372,11 @@ async def rule_programming(sizes: list[int], backends: list[str], reps: int, nft
             have = n
             console.log(f"API holds {n} services + slices (+{time.perf_counter() - t0:.1f}s)")
             for backend in backends:
-                r = reps if backend == "legacy" or n < 5000 else nft_reps
+                r = reps if backend != "nft" or n < 5000 else nft_reps
                 res = await rules_for_backend(client, backend, n, r, changes)
                 out.setdefault(str(n), {})[backend] = res
-                console.log(f"{n} services, {backend}: full {res['full_sync_s']['median']:.3f}s, "
+                console.log(f"{n} services, {backend}: full cold {res['full_sync_cold']['total_s']['median']:.3f}s, "
+                            f"warm {res['full_sync_warm']['total_s']['median']:.3f}s, "
                             f"one change {res['one_change_s']['median'] * 1000:.1f} ms")
                 sh(PY, "-m", "kubeproxy", "--cleanup", check=False)
     finally:
@@ -351,8 +388,9 @@ async def rule_programming(sizes: list[int], backends: list[str], reps: int, nft
 
 @click.command()
 @click.option("--sizes", default="1000,5000,10000", show_default=True)
-@click.option("--backends", default="legacy,nft", show_default=True)
-@click.option("--reps", default=3, show_default=True, help="full-sync repetitions (legacy, and nft below 5,000)")
+@click.option("--backends", default="legacy,legacy-restore,nft", show_default=True,
+              help="legacy = direct x_tables writer, legacy-restore = iptables-legacy-restore, nft = iptables-nft-restore")
+@click.option("--reps", default=3, show_default=True, help="cold and warm full-sync repetitions (nft: below 5,000)")
 @click.option("--nft-reps", default=1, show_default=True, help="full-sync repetitions for nft at 5,000+")
 @click.option("--changes", default=5, show_default=True, help="one-endpoint changes timed per size/backend")
 @click.option("--seconds", default=5, show_default=True, help="duration of each wrk/iperf3 run")
@@ -390,22 +428,28 @@ def main(sizes, backends, reps, nft_reps, changes, seconds, rounds, skip_datapla
             if libiptc_size:
                 console.log(f"python-iptables vs iptables-restore, {libiptc_size} services")
                 report["libiptc_vs_restore"] = li = libiptc_vs_restore(libiptc_size)
-                console.log(f"restore {li['iptables_restore_s']:.3f}s, python-iptables {li['python_iptables_s']:.3f}s")
+                console.log(f"restore {li['iptables_restore_s']:.3f}s, python-iptables {li['python_iptables_s']:.3f}s, "
+                            f"direct {li['direct_s']:.3f}s")
             report["rules"] = rules = asyncio.run(rule_programming(
                 [int(s) for s in sizes.split(",")], backends.split(","), reps, nft_reps, changes))
         finally:
             netns.setns(f"/proc/self/fd/{home}")
             os.close(home)
             subprocess.run(["ip", "netns", "del", RULES_NS], capture_output=True)
-        t = Table(title="Rule programming (services x 2 endpoints)")
-        for c in ("services", "backend", "full sync s (med/min/max)", "render s", "one change ms (med/min/max)", "nat rules"):
+        t = Table(title="Rule programming (services x 2 endpoints; medians; warm = periodic resync)")
+        for c in ("services", "backend", "full cold s", "full warm s", "warm: render / encode / read / write s",
+                  "one change ms (med/min/max)", "change: encode / read / write ms", "nat rules"):
             t.add_column(c, justify="right")
         for n, per in rules.items():
             for b, r in per.items():
-                f, c = r["full_sync_s"], r["one_change_s"]
-                t.add_row(n, b, f"{f['median']:.3f} / {f['min']:.3f} / {f['max']:.3f}", f"{r['render_s']['median']:.3f}",
-                          f"{c['median'] * 1000:.1f} / {c['min'] * 1000:.1f} / {c['max'] * 1000:.1f}", str(r["rules_nat"]))
-        console.print(t)
+                cold, warm, c, p = r["full_sync_cold"], r["full_sync_warm"], r["one_change_s"], r["one_change_sync"]
+                m = lambda d, k, f=1.0: f"{d[k]['median'] * f:.3f}" if d[k] else "-"  # noqa: E731
+                t.add_row(n, b, m(cold, "total_s"), m(warm, "total_s"),
+                          " / ".join(m(warm, k) for k in ("render_s", "encode_s", "read_s", "write_s")),
+                          f"{c['median'] * 1000:.1f} / {c['min'] * 1000:.1f} / {c['max'] * 1000:.1f}",
+                          " / ".join(f"{p[k]['median'] * 1000:.1f}" for k in ("encode_s", "read_s", "write_s")),
+                          str(r["rules_nat"]))
+        console.print(t, width=max(console.width, 160))
     Path(json_path).write_text(json.dumps(report, indent=2))
     console.log(f"wrote {json_path}")
 
