@@ -7,6 +7,8 @@ kube-proxy need not drop ctstate INVALID), and ``route_localnet`` for NodePorts 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import ipaddress
 import logging
 from pathlib import Path
@@ -21,12 +23,26 @@ LIBERAL = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
 ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
 
 
-def local_ipv4s() -> list[str]:
-    """IPv4 addresses of this network namespace."""
+def _dump_ipv4s() -> list[str]:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         return sorted({a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)})
+
+
+def local_ipv4s() -> list[str]:
+    """IPv4 addresses of this network namespace.
+
+    pyroute2's blocking ``IPRoute`` runs its own event loop, which fails inside a running
+    one (a sync is called from the agent's loop), so there the dump runs on a short-lived
+    thread (it starts in the caller's network namespace).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _dump_ipv4s()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_dump_ipv4s).result(timeout=10)
 
 
 def nodeport_ips(cidrs: tuple[str, ...], addrs: list[str]) -> tuple[str, ...]:

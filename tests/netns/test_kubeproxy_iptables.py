@@ -363,6 +363,28 @@ def test_metrics_and_healthz(cluster):
     assert r.stdout.endswith("200") and "lastUpdated" in r.stdout
 
 
+def test_nodeport_addresses_limit_where_a_nodeport_answers(cluster):
+    """--nodeport-addresses: the NodePort answers on the node IP in the CIDR, not on cni0's."""
+    svc = cluster.service("npaddr", HTTP, "NodePort")
+    np_ = svc["spec"]["ports"][0]["nodePort"]
+    cluster.endpoints("npaddr", ["p2a"], HTTP_EP)
+    node_url = f"http://{NODES['n2'][0]}:{np_}/"
+    bridge_url = f"http://{NODES['n2'][1]}.1:{np_}/"  # n2's cni0 address, seen from its pod
+    wait_for(lambda: who("p2b", bridge_url, timeout=0.5) == "p2a", 10, "NodePort on every local address")
+    stop(cluster.procs.pop("kp-n2"))
+    try:
+        cluster.start_proxy("n2", [f"--nodeport-addresses={NODES['n2'][0]}/32"])
+        wait_for(lambda: who("p2b", bridge_url, timeout=0.5) == "", 10, "NodePort gone from cni0's address")
+        assert who("", node_url, host=True) == "p2a"
+        assert who("p2b", node_url) == "p2a"
+        log = (cluster.tmp / "kubeproxy-n2.log").read_text()
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        stop(cluster.procs.pop("kp-n2"))
+        cluster.start_proxy("n2")
+    wait_for(lambda: who("p2b", bridge_url, timeout=0.5) == "p2a", 10, "NodePort back on every address")
+
+
 def test_restart_with_same_state_changes_nothing_and_cleanup_removes_all(cluster):
     ns = f"{P}-n2"
     dump = ["nft", "list", "table", "ip", "kube-proxy"] if cluster.mode == "nftables" else ["iptables-legacy-save"]
