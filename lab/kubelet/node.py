@@ -165,7 +165,10 @@ class NodeRegistrar:
             if e.code != 404:
                 raise
             try:
-                node = await self.client.create("nodes", node_object(self.name, self.taints))
+                # with its status, as the kubelet registers: the node is never seen bare
+                body = node_object(self.name, self.taints)
+                body.update(status_patch(self.node_ip, self.name, True, now_rfc3339(), self.since))
+                node = await self.client.create("nodes", body)
                 log.info("registered node %s (%s)", self.name, self.node_ip)
             except ApiError as e2:
                 if e2.code != 409:

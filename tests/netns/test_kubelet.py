@@ -232,7 +232,9 @@ def in_ns(ns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProce
 def test_pods_get_addresses_go_ready_and_talk(cluster):
     api = cluster["api"]
     node = wait_for(lambda: get_or_none(api, "nodes", NODE))
-    assert {"type": "InternalIP", "address": NODE_IP} in node["status"]["addresses"]
+    assert {"type": "InternalIP", "address": NODE_IP} in (node.get("status") or {}).get(
+        "addresses", []
+    ), node
     for n in ("web-a", "web-b"):
         make_pod(api, n)
     a, b = ready_pod(api, "web-a"), ready_pod(api, "web-b")
