@@ -275,7 +275,7 @@ def test_no_endpoints_is_refused_at_once(cluster):
         r = curl("p1b", url, timeout=3)
         return r.returncode == 7 and time.monotonic() - t < 1.0  # 7 = connection refused
 
-    wait_for(refused, 10, "REJECT for a service without endpoints", interval=0.2)
+    wait_for(refused, 20, "REJECT for a service without endpoints", interval=0.2)
 
 
 def test_external_traffic_policy_local_keeps_client_ip_and_uses_local_endpoints(cluster):
