@@ -37,6 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .xtables_template import Templates
+
 # -- structs ------------------------------------------------------------------------------
 
 TABLE_NAME_LEN = 32
@@ -857,6 +859,7 @@ class Encoder:
         self._std: dict[int, bytes] = {}
         self._comments: dict[str, bytes] = {}
         self._addrs: dict[str, tuple[bytes, bytes]] = {}
+        self.templates = Templates(self._general)
         self.encoded_lines = 0  # lines encoded (not from the memo), for stats
 
     def begin(self) -> None:
@@ -877,6 +880,7 @@ class Encoder:
             self._pieces.clear()
             self._comments.clear()
             self._addrs.clear()
+            self.templates.clear()
 
     def fragment(self, text: str) -> list[Encoded]:
         """Encode a run of ``-A CHAIN ...`` lines (memoised by the text itself)."""
@@ -896,20 +900,30 @@ class Encoder:
         if hit is None:
             hit = self._grouped.get(text)
             if hit is None:
-                hit = {}
-                line, fast = self.line, self._fast
-                for ln in text.splitlines():
-                    if not ln:
-                        continue
-                    chain, entry, label = fast(ln) or line(ln)
-                    g = hit.get(chain)
-                    if g is None:
-                        g = hit[chain] = ([], [])
-                    g[0].append(entry)
-                    g[1].append(label)
+                hit = self.templates.chains(text)
+                if hit is None:
+                    hit = self._general_chains(text)
                 self.encoded_lines += sum(len(g[0]) for g in hit.values())
             self._gused[text] = hit
         return hit
+
+    def _general_chains(self, text: str) -> dict[str, tuple[list[bytes], list[str | None]]]:
+        """A fragment line by line (the regex fast path, else the general parser)."""
+        hit: dict[str, tuple[list[bytes], list[str | None]]] = {}
+        fast, parse = self._fast, self.parse_line
+        for ln in text.splitlines():
+            if not ln:
+                continue
+            chain, entry, label = fast(ln) or parse(ln)
+            g = hit.get(chain)
+            if g is None:
+                g = hit[chain] = ([], [])
+            g[0].append(entry)
+            g[1].append(label)
+        return hit
+
+    def _general(self, line: str) -> tuple[str, bytes, str | None]:
+        return self.parse_line(line)
 
     def line(self, line: str) -> Encoded:
         """One rule line: the renderer's common shapes take a regex fast path."""

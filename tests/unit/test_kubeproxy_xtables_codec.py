@@ -10,11 +10,12 @@ layout facts the netns test found the hard way.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import pytest
 
 from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
-from kubeproxy.iptables.render import JUMP_RULES, NodeContext, Renderer
+from kubeproxy.iptables.render import JUMP_RULES, NodeContext, Renderer, render_service
 from kubeproxy.iptables.xtables_codec import (
     ENTRY_SIZE,
     FALLTHROUGH,
@@ -283,3 +284,63 @@ def test_user_chain_tail_and_jump_to_missing_chain():
     with pytest.raises(ValueError, match="NOWHERE"):
         compile_table(t)
     assert describe(RETURN_ENTRY)["target"][0] == "" and len(RETURN_ENTRY) == ENTRY_SIZE + 40
+
+
+def shifted(s: dict, e: dict) -> tuple[dict, dict]:
+    """The same services under other names, addresses and ports (same line shapes)."""
+
+    def ip(a: str) -> str:
+        x = a.split(".")
+        return f"{x[0]}.{int(x[1]) + 1}.{int(x[2]) + 7}.{int(x[3]) + 100}"
+
+    s2, e2 = {}, {}
+    for k, v in s.items():
+        k2 = ServicePortName("other-ns", k.name + "-two", k.port, k.protocol)
+        s2[k2] = replace(
+            v, name=k2, cluster_ip=ip(v.cluster_ip), port=v.port + 1000,
+            node_port=v.node_port and v.node_port + 1, external_ips=tuple(map(ip, v.external_ips)),
+            load_balancer_ips=tuple(map(ip, v.load_balancer_ips)),
+            health_check_node_port=v.health_check_node_port and v.health_check_node_port + 1,
+        )  # fmt: skip
+        e2[k2] = tuple(replace(x, ip=ip(x.ip), port=x.port + 2) for x in e[k])
+    return s2, e2
+
+
+def fragments(s: dict, e: dict, ctx: NodeContext, large: bool) -> list[str]:
+    out = []
+    for k in s:
+        r = render_service(s[k], e[k], ctx, large)
+        out += [r.chain_rules, r.nat_services, r.nat_nodeports, r.filter_services]
+        out += [r.filter_external, r.filter_nodeports]
+    return [f for f in out if f]
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["comments", "large-cluster"])
+@pytest.mark.parametrize("ctx", CONTEXTS.values(), ids=CONTEXTS.keys())
+def test_templates_give_the_general_parsers_bytes_for_every_rendered_shape(ctx, large):
+    s, e = scenario()
+    enc = Encoder()
+    for f in fragments(s, e, ctx, large):  # learn the shapes from one set of services
+        assert enc.templates.chains(f) == enc._general_chains(f), f
+    s2, e2 = shifted(s, e)
+    templated = 0
+    for f in fragments(s2, e2, ctx, large):  # ... and apply them to others
+        got = enc.templates.chains(f)
+        if got is not None:
+            templated += f.count("\n")
+            assert got == enc._general_chains(f), f
+        assert enc.chains(f) == enc._general_chains(f), f
+    total = sum(f.count("\n") for f in fragments(s2, e2, ctx, large))
+    assert templated >= 0.9 * total  # nearly every line of the second set is a template hit
+
+
+def test_template_falls_back_for_values_it_cannot_take():
+    enc = Encoder()
+    short = '-A KUBE-SERVICES -m comment --comment "a" -m tcp -p tcp -d 172.30.0.1 --dport 80 -j KUBE-SVC-AAAAAAAAAAAAAAAA\n'
+    assert enc.templates.chains(short) == enc._general_chains(short)
+    for bad in (short.replace('"a"', '"' + "c" * 300 + '"'), short.replace("80", "70000")):
+        assert enc.templates.chains(bad) is None  # same shape, value out of the template's reach
+        with pytest.raises(EncodeError):
+            enc.chains(bad)
+    longer = short.replace('"a"', '"' + "b" * 200 + '"').replace("172.30.0.1", "10.1.2.3")
+    assert enc.templates.chains(longer) == enc._general_chains(longer)
