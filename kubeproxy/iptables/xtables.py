@@ -18,6 +18,7 @@ text the encoder does not know makes that sync go through iptables-legacy-restor
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import fcntl
@@ -322,17 +323,21 @@ class TableWriter:
     def forget(self) -> None:
         self._last.clear()
 
-    def write(self, edits: dict[str, TableEdit], reread: bool) -> dict[str, WriteStats]:
+    def write(
+        self, edits: dict[str, TableEdit], reread: bool, sock: socket.socket | None = None
+    ) -> dict[str, WriteStats]:
         """Apply the edits, one replace per table (none for a table already as wanted).
 
         ``reread`` (full syncs): fetch the table even when GET_INFO looks like ours; if its
         bytes are what we wrote (counters aside) our model is reused, else it is parsed,
-        so rules someone changed by hand are seen and repaired.
+        so rules someone changed by hand are seen and repaired. ``sock``: the raw socket
+        to use (it decides the network namespace; default: one opened in this thread's).
+        Blocking: the async caller runs it in a worker thread.
         """
         out: dict[str, WriteStats] = {}
-        with xtables_lock(), open_socket() as sock:
+        with xtables_lock(), sock if sock is not None else open_socket() as s:
             for table, edit in edits.items():
-                out[table] = self._write_one(sock, table, edit, reread)
+                out[table] = self._write_one(s, table, edit, reread)
         return out
 
     def _load(
@@ -429,6 +434,7 @@ class XtablesWriter:
         self.tables = TableWriter()
         self.fallback = fallback
         self._jumps: dict[str, list[tuple[str, bytes, str]]] | None = None
+        self._busy = asyncio.Lock()  # one write at a time, even if a caller overlaps syncs
 
     def jumps(self) -> dict[str, list[tuple[str, bytes, str]]]:
         if self._jumps is None:
@@ -490,6 +496,10 @@ class XtablesWriter:
         return out
 
     async def write(self, rs: Ruleset, plan: SyncPlan) -> WriteResult:
+        async with self._busy:
+            return await self._write(rs, plan)
+
+    async def _write(self, rs: Ruleset, plan: SyncPlan) -> WriteResult:
         t0 = time.perf_counter()
         self.encoder.begin()
         try:
@@ -511,8 +521,12 @@ class XtablesWriter:
             self.encoder.merge()
         t1 = time.perf_counter()
         try:
-            with gc_paused():
-                stats = self.tables.write(edits, reread=plan.full)
+            # The kernel calls (and building the 31 MB blob) block for 0.2-0.5 s at 10,000
+            # services: a worker thread does them, the event loop keeps serving /healthz
+            # and watches. The socket is opened here: its network namespace is this
+            # thread's (setns is per thread), whichever thread then uses it.
+            sock = open_socket()
+            stats = await asyncio.to_thread(_write_tables, self.tables, edits, plan.full, sock)
         except (XtablesError, BlobError, OSError):
             self.tables.forget()
             raise
@@ -528,6 +542,13 @@ class XtablesWriter:
         if inserted:
             log.info("inserted %d jump rule(s) into built-in chains (legacy, direct)", inserted)
         return res
+
+
+def _write_tables(
+    tables: TableWriter, edits: dict[str, TableEdit], reread: bool, sock: socket.socket
+) -> dict[str, WriteStats]:
+    with gc_paused():
+        return tables.write(edits, reread=reread, sock=sock)
 
 
 __all__ = [

@@ -316,3 +316,45 @@ def test_kernel_has_the_revisions_we_encode(pair):
             for name, rev in (("DNAT", 2), ("MARK", 2), ("MASQUERADE", 0), ("REJECT", 0)):
                 assert xtables.kernel_revision(s, name, rev, target=True), name
             assert not xtables.kernel_revision(s, "conntrack", 99)
+
+
+def test_kernel_calls_run_off_the_event_loop_in_the_callers_namespace(pair, monkeypatch):
+    """A slow replace does not stall the loop, and the worker thread (even one born in
+    another namespace) writes the namespace the sync was called from."""
+    real = xtables.replace
+
+    def slow_replace(*a, **kw):
+        import time
+
+        time.sleep(0.4)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(xtables, "replace", slow_replace)
+    p = proxier("legacy")
+    services, endpoints = scenario()
+    ticks = 0
+
+    async def main() -> None:
+        nonlocal ticks
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: None)  # a worker thread born in RESTORE
+        netns.setns(DIRECT)  # this thread only: the sync is called from DIRECT
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1
+
+        t = asyncio.create_task(tick())
+        try:
+            await p.sync(services, endpoints)
+        finally:
+            t.cancel()
+
+    with inside(RESTORE):
+        asyncio.run(main())
+    assert p.last.write.via == "xtables"
+    assert ticks >= 10  # ~0.8 s of replaces (filter, nat) while the loop ticked every 20 ms
+    assert "KUBE-SERVICES" in saved(DIRECT)
+    assert "KUBE-" not in saved(RESTORE)
