@@ -270,13 +270,13 @@ def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int, bool]:
     for name in delete:
         c = t.chains.get(name)
         if c is not None and c.hook is None:
-            del t.chains[name]
+            t.drop(name)
             deleted += 1
     changed = bool(deleted)
     for name, (entries, labels) in edit.chains.items():
         c = t.chains.get(name)
         if c is None:
-            c = t.chains[name] = Chain(name)
+            c = t.add(Chain(name))
         elif c.hook is not None:
             raise XtablesError(f"table {t.name}: {name} is a built-in chain")
         elif c.entries == entries and c.labels == labels:

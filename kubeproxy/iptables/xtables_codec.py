@@ -28,6 +28,7 @@ import math
 import re
 import socket
 import struct
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -123,9 +124,7 @@ class Chain:
     tail_kidx: int = -1
     head_kidx: int = -1
     fresh: bool = True
-    _seg: tuple[tuple[bytes, ...], tuple[str | None, ...]] | None = field(
-        default=None, repr=False, compare=False
-    )
+    _seg: Segment | None = field(default=None, repr=False, compare=False)
 
     def set_rules(self, entries: list[bytes], labels: list[str | None]) -> None:
         """Replace the rules (new entries: no counters to keep)."""
@@ -135,14 +134,28 @@ class Chain:
         self.fresh = True
         self._seg = None
 
-    def segment(self) -> tuple[tuple[bytes, ...], tuple[str | None, ...]]:
-        """A user chain as laid out in the blob: head, rules, RETURN (and their labels)."""
+    def segment(self) -> Segment:
+        """A user chain as laid out in the blob: head, rules, RETURN, joined (cached)."""
         if self._seg is None:
-            self._seg = (
-                (_head_entry(self.name), *self.entries, RETURN_ENTRY),
-                (None, *self.labels, None),
+            parts = (_head_entry(self.name), *self.entries, RETURN_ENTRY)
+            labels = self.labels
+            jumps = tuple(i for i, lab in enumerate(labels, 1) if lab is not None)
+            self._seg = Segment(
+                b"".join(parts),
+                tuple(map(len, parts)),
+                jumps,
+                [labels[i - 1] for i in jumps],
             )
         return self._seg
+
+
+class Segment(NamedTuple):
+    """A user chain's bytes in the blob (jump verdicts still 0) and where its jumps are."""
+
+    blob: bytes
+    lengths: tuple[int, ...]  # every entry's length, head and RETURN included
+    jumps: tuple[int, ...]  # indices (in this segment) of the entries that jump
+    labels: list[str]  # ... and where to (chain name or FALLTHROUGH)
 
 
 @dataclass
@@ -152,8 +165,26 @@ class Table:
     chains: dict[str, Chain]  # built-ins (hook order) and user chains
     offsets: np.ndarray | None = None  # as parsed: every entry's offset in the kernel's blob
 
+    _names: list[str] | None = field(default=None, repr=False, compare=False)
+
     def user_chains(self) -> list[str]:
-        return sorted(c for c, ch in self.chains.items() if ch.hook is None)
+        """User chain names, sorted (cached: change ``chains`` through add/drop after this)."""
+        if self._names is None:
+            self._names = sorted(c for c, ch in self.chains.items() if ch.hook is None)
+        return self._names
+
+    def add(self, c: Chain) -> Chain:
+        self.chains[c.name] = c
+        if self._names is not None and c.hook is None:
+            insort(self._names, c.name)
+        return c
+
+    def drop(self, name: str) -> None:
+        del self.chains[name]
+        if self._names is not None:
+            i = bisect_left(self._names, name)
+            if i < len(self._names) and self._names[i] == name:
+                del self._names[i]
 
 
 def _entry_fields(blob: bytes | memoryview, off: int) -> tuple[int, int]:
@@ -342,8 +373,12 @@ def masked(blob: bytes | bytearray | memoryview, offsets: np.ndarray) -> np.ndar
 
 
 def compile_table(t: Table) -> Compiled:
-    """Lay the chains out (built-ins in hook order, user chains by name), relocate jumps."""
-    parts: list[bytes] = []
+    """Lay the chains out (built-ins in hook order, user chains by name), relocate jumps.
+
+    User chains come as cached segments (``Chain.segment``): joining them and relocating
+    their jumps is vectorised; only the built-in chains go entry by entry.
+    """
+    parts: list[bytes] = [bytes(HEADROOM)]
     labels: list[str | None] = []
     kidx: list[int] = []
     first: dict[str, int] = {}  # chain -> index of the entry a jump lands on
@@ -353,32 +388,28 @@ def compile_table(t: Table) -> Compiled:
     for c in builtins:
         if not c.tail:
             raise BlobError(f"{t.name}: built-in chain {c.name} has no policy")
-        builtin_first[c.hook] = len(parts)
-        first[c.name] = len(parts)
+        builtin_first[c.hook] = len(labels)
+        first[c.name] = len(labels)
         parts += c.entries
         labels += c.labels
         kidx += c.kidx
-        builtin_tail[c.hook] = len(parts)
+        builtin_tail[c.hook] = len(labels)
         parts.append(c.tail)
         labels.append(None)
         kidx.append(c.tail_kidx)
-    nb = len(parts)
+    nb = len(labels)
     names = t.user_chains()
     users = [t.chains[n] for n in names]
     segs = [c.segment() for c in users]
-    parts.extend(concat.from_iterable(sg[0] for sg in segs))
-    labels.extend(concat.from_iterable(sg[1] for sg in segs))
-    parts.append(_FINAL_ERROR)
-    labels.append(None)
-    seglen = np.fromiter((len(sg[0]) for sg in segs), dtype=np.int64, count=len(segs))
-    segstart = np.cumsum(seglen) - seglen  # relative to nb
-    first.update(zip(names, (segstart + nb + 1).tolist(), strict=True))
+    seglen = np.fromiter((len(sg.lengths) for sg in segs), dtype=np.int64, count=len(segs))
+    segstart = np.cumsum(seglen) - seglen + nb  # index of each user chain's head
+    first.update(zip(names, (segstart + 1).tolist(), strict=True))
     # Old indices: built-ins entry by entry; a kept user chain is a run from its head.
     heads = np.fromiter(
         (-1 if c.fresh else c.head_kidx for c in users), dtype=np.int64, count=len(users)
     )
     run = np.repeat(heads, seglen)
-    within = np.arange(int(seglen.sum()), dtype=np.int64) - np.repeat(segstart, seglen)
+    within = np.arange(int(seglen.sum()), dtype=np.int64) - np.repeat(segstart - nb, seglen)
     old_index = np.concatenate(
         [
             np.asarray(kidx, dtype=np.int64),
@@ -387,19 +418,32 @@ def compile_table(t: Table) -> Compiled:
         ]
     )
 
-    n = len(parts)
-    lengths = np.fromiter(map(len, parts), dtype=np.int64, count=n)
+    n = nb + int(seglen.sum()) + 1
+    lengths = np.fromiter(
+        concat(
+            map(len, parts[1:]),
+            concat.from_iterable(sg.lengths for sg in segs),
+            (len(_FINAL_ERROR),),
+        ),
+        dtype=np.int64,
+        count=n,
+    )
     ends = np.cumsum(lengths)
     offs = ends - lengths
-    blob = bytearray(HEADROOM) + b"".join(parts)
-    lab = np.array(labels, dtype=object)
-    ji = np.flatnonzero(lab != None)  # noqa: E711 (elementwise)
+    blob = bytearray().join(concat(parts, (sg.blob for sg in segs), (_FINAL_ERROR,)))
+    # Jumps: the built-ins' one by one, the user chains' segment-relative indices shifted.
+    bj = [i for i, lab in enumerate(labels) if lab is not None]
+    njump = np.fromiter((len(sg.jumps) for sg in segs), dtype=np.int64, count=len(segs))
+    ji = np.fromiter(
+        concat(bj, concat.from_iterable(sg.jumps for sg in segs)),
+        dtype=np.int64,
+        count=len(bj) + int(njump.sum()),
+    )
+    ji[len(bj) :] += np.repeat(segstart, njump)
     if len(ji):
+        jl = concat([labels[i] for i in bj], concat.from_iterable(sg.labels for sg in segs))
         try:
-            dest = [
-                -1 if labels[i] is FALLTHROUGH else first[labels[i]]  # type: ignore[index]
-                for i in ji.tolist()
-            ]
+            dest = [-1 if lab is FALLTHROUGH else first[lab] for lab in jl]  # type: ignore[index]
         except KeyError as e:
             raise BlobError(
                 f"{t.name}: a rule jumps to chain {e.args[0]}, which does not exist"
