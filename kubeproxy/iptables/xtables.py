@@ -282,6 +282,7 @@ def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int, bool]:
         elif c.entries == entries and c.labels == labels:
             continue
         c.set_rules(entries, labels)
+        t.touch(name)
         changed = True
     inserted = 0
     for src, entry, dst in edit.jumps:
@@ -293,6 +294,7 @@ def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int, bool]:
         c.entries.insert(0, entry)
         c.labels.insert(0, dst)
         c.kidx.insert(0, -1)
+        t.touch(None)
         inserted += 1
     return deleted, inserted, changed or inserted > 0
 

@@ -166,6 +166,16 @@ class Table:
     offsets: np.ndarray | None = None  # as parsed: every entry's offset in the kernel's blob
 
     _names: list[str] | None = field(default=None, repr=False, compare=False)
+    # After a compile: its layout, and the user chains changed since (None: lay out anew).
+    layout: Layout | None = field(default=None, repr=False, compare=False)
+    dirty: set[str] | None = field(default=None, repr=False, compare=False)
+
+    def touch(self, name: str | None) -> None:
+        """``name``'s rules changed (None: a built-in chain did: the next compile is full)."""
+        if name is None:
+            self.dirty = None
+        elif self.dirty is not None:
+            self.dirty.add(name)
 
     def user_chains(self) -> list[str]:
         """User chain names, sorted (cached: change ``chains`` through add/drop after this)."""
@@ -177,10 +187,12 @@ class Table:
         self.chains[c.name] = c
         if self._names is not None and c.hook is None:
             insort(self._names, c.name)
+        self.touch(c.name if c.hook is None else None)
         return c
 
     def drop(self, name: str) -> None:
-        del self.chains[name]
+        c = self.chains.pop(name)
+        self.touch(name if c.hook is None else None)
         if self._names is not None:
             i = bisect_left(self._names, name)
             if i < len(self._names) and self._names[i] == name:
@@ -372,12 +384,38 @@ def masked(blob: bytes | bytearray | memoryview, offsets: np.ndarray) -> np.ndar
     return a
 
 
+SPLICE_MAX = 256  # more changed chains than this: lay the whole table out again
+
+
+@dataclass
+class Layout:
+    """A compiled table, kept to patch it for the next compile (``_splice``)."""
+
+    names: list[str]  # user chains, sorted, as laid out
+    first: dict[str, int]  # chain -> index of its first rule (user chains: head + 1)
+    compiled: Compiled
+    lengths: np.ndarray  # every entry's length
+    jumps: np.ndarray  # indices of the entries that jump
+    dests: np.ndarray  # ... index of the entry each lands on (-1: falls through)
+
+
 def compile_table(t: Table) -> Compiled:
     """Lay the chains out (built-ins in hook order, user chains by name), relocate jumps.
 
     User chains come as cached segments (``Chain.segment``): joining them and relocating
-    their jumps is vectorised; only the built-in chains go entry by entry.
+    their jumps is vectorised; only the built-in chains go entry by entry. When only a few
+    user chains changed since the last compile of this table (and no built-in), the last
+    layout is patched instead: unchanged runs are copied, the rest shifted (``_splice``).
     """
+    if t.layout is not None and t.dirty is not None and len(t.dirty) <= SPLICE_MAX:
+        c = _splice(t, t.layout, sorted(t.dirty))
+    else:
+        c = _compile_all(t)
+    t.dirty = set()
+    return c
+
+
+def _compile_all(t: Table) -> Compiled:
     parts: list[bytes] = [bytes(HEADROOM)]
     labels: list[str | None] = []
     kidx: list[int] = []
@@ -448,16 +486,135 @@ def compile_table(t: Table) -> Compiled:
             raise BlobError(
                 f"{t.name}: a rule jumps to chain {e.args[0]}, which does not exist"
             ) from None
-        dv = np.asarray(dest, dtype=np.int64)
-        dv = np.where(dv >= 0, offs[np.maximum(dv, 0)], ends[ji])  # fall through: the next entry
-        view = np.frombuffer(blob, dtype="<i4")
-        view[(HEADROOM + ends[ji] - 8) // 4] = dv.astype("<i4")
+        dests = np.asarray(dest, dtype=np.int64)
+        _relocate(blob, ji, dests, offs, ends)
+    else:
+        dests = ji
     hook_entry = [0] * 5
     underflow = [0] * 5
     for h, i in builtin_first.items():
         hook_entry[h] = int(offs[i])
         underflow[h] = int(offs[builtin_tail[h]])
-    return Compiled(blob, hook_entry, underflow, n, old_index, offs)
+    c = Compiled(blob, hook_entry, underflow, n, old_index, offs)
+    t.layout = Layout(list(names), first, c, lengths, ji, dests)
+    return c
+
+
+def _relocate(
+    blob: bytearray, ji: np.ndarray, dests: np.ndarray, offs: np.ndarray, ends: np.ndarray
+) -> None:
+    """Write each jump's verdict: the byte offset of the entry it lands on."""
+    dv = np.where(dests >= 0, offs[np.maximum(dests, 0)], ends[ji])  # fall through: the next
+    view = np.frombuffer(blob, dtype="<i4")
+    view[(HEADROOM + ends[ji] - 8) // 4] = dv.astype("<i4")
+
+
+def _splice(t: Table, lay: Layout, dirty: list[str]) -> Compiled:
+    """The last layout with the dirty user chains replaced, removed or inserted.
+
+    Entries outside the dirty chains keep their bytes and order; an old entry ``i`` moves
+    to ``i + shift[i]``, where ``shift`` sums the size changes of the dirty chains before
+    it. Every jump is rewritten (vectorised): kept ones to their target's new place, the
+    dirty chains' from their labels.
+    """
+    old = lay.names
+    prev = lay.compiled
+    n_old = prev.num_entries
+    final = n_old - 1  # the closing ERROR entry
+    first = lay.first
+    # Regions of the old layout to replace: (start, end, new segment or None), in order.
+    regions: list[tuple[int, int, Segment | None, str]] = []
+    delta = np.zeros(n_old + 1, dtype=np.int64)
+    for name in dirty:
+        p = bisect_left(old, name)
+        existed = p < len(old) and old[p] == name
+        c = t.chains.get(name)
+        seg = c.segment() if c is not None and c.hook is None else None
+        if existed:
+            a = first[name] - 1
+            b = first[old[p + 1]] - 1 if p + 1 < len(old) else final
+        else:
+            if seg is None:
+                continue
+            a = b = first[old[p]] - 1 if p < len(old) else final
+        regions.append((a, b, seg, name))
+        delta[b] += (len(seg.lengths) if seg else 0) - (b - a)
+    shift = np.cumsum(delta)[:n_old]
+    # The new entries: kept runs and new segments.
+    mv = memoryview(prev.buf)
+    po = prev.offsets
+    size_old = len(prev.buf)
+    pieces: list = []
+    lens: list[np.ndarray] = []
+    olds: list[np.ndarray] = []
+    seg_first: dict[str, int] = {}
+    new_jumps: list[np.ndarray] = []
+    new_labels: list[str] = []
+    pos = 0  # old entry index up to which everything is taken
+    out_n = 0  # entries laid out so far
+    for a, b, seg, name in regions:
+        pieces.append(mv[HEADROOM + int(po[pos]) if pos else 0 : HEADROOM + int(po[a])])
+        lens.append(lay.lengths[pos:a])
+        olds.append(np.arange(pos, a, dtype=np.int64))
+        out_n += a - pos
+        if seg is not None:
+            pieces.append(seg.blob)
+            sl = np.asarray(seg.lengths, dtype=np.int64)
+            lens.append(sl)
+            olds.append(np.full(len(sl), -1, dtype=np.int64))
+            seg_first[name] = out_n + 1
+            new_jumps.append(np.asarray(seg.jumps, dtype=np.int64) + out_n)
+            new_labels += seg.labels
+            out_n += len(sl)
+        pos = b
+    pieces.append(mv[HEADROOM + int(po[pos]) if pos else 0 : size_old])
+    lens.append(lay.lengths[pos:])
+    olds.append(np.arange(pos, n_old, dtype=np.int64))
+    lengths = np.concatenate(lens)
+    old_index = np.concatenate(olds)
+    n = len(lengths)
+    ends = np.cumsum(lengths)
+    offs = ends - lengths
+    blob = bytearray().join(pieces)
+    # Where each chain starts now.
+    names = t.user_chains()
+    gone = {d for d in dirty if d not in seg_first}
+    keys = [k for k in first if k not in gone and k not in seg_first]
+    vals = np.fromiter((first[k] for k in keys), dtype=np.int64, count=len(keys))
+    new_first = dict(zip(keys, (vals + shift[vals]).tolist(), strict=True))
+    new_first.update(seg_first)
+    # Jumps: kept ones (not inside a dirty chain) move with their entry; their targets too,
+    # unless the target chain was rewritten (then: its new first rule).
+    kj = lay.jumps
+    kept = old_index >= 0
+    alive = np.zeros(n_old, dtype=bool)
+    alive[old_index[kept]] = True
+    kj = kj[alive[kj]]
+    kd = lay.dests[np.searchsorted(lay.jumps, kj)]
+    moved = np.where(kd >= 0, kd + shift[np.maximum(kd, 0)], -1)
+    lost = (kd >= 0) & ~alive[np.maximum(kd, 0)]
+    if lost.any():  # jumps into rewritten chains: by name
+        heads = {first[k] - 1: k for k in first if k in seg_first or k in gone}
+        for i in np.flatnonzero(lost).tolist():
+            target = heads.get(int(kd[i]) - 1)
+            if target not in seg_first:
+                raise BlobError(f"{t.name}: a rule jumps to chain {target}, which does not exist")
+            moved[i] = seg_first[target]
+    try:
+        nd = [-1 if lab is FALLTHROUGH else new_first[lab] for lab in new_labels]
+    except KeyError as e:
+        raise BlobError(
+            f"{t.name}: a rule jumps to chain {e.args[0]}, which does not exist"
+        ) from None
+    ji = np.concatenate([kj + shift[kj], *new_jumps])
+    dests = np.concatenate([moved, np.asarray(nd, dtype=np.int64)])
+    order = np.argsort(ji, kind="stable")
+    ji, dests = ji[order], dests[order]
+    if len(ji):
+        _relocate(blob, ji, dests, offs, ends)
+    c = Compiled(blob, prev.hook_entry, prev.underflow, n, old_index, offs)
+    t.layout = Layout(list(names), new_first, c, lengths, ji, dests)
+    return c
 
 
 def reindex(t: Table) -> None:

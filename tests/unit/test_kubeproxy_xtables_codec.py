@@ -344,3 +344,61 @@ def test_template_falls_back_for_values_it_cannot_take():
             enc.chains(bad)
     longer = short.replace('"a"', '"' + "b" * 200 + '"').replace("172.30.0.1", "10.1.2.3")
     assert enc.templates.chains(longer) == enc._general_chains(longer)
+
+
+def _fresh_copy(t: Table) -> Table:
+    out = Table(t.name, t.valid_hooks, {})
+    for name, c in t.chains.items():
+        out.chains[name] = Chain(
+            name, hook=c.hook, entries=list(c.entries), labels=list(c.labels),
+            kidx=[-1] * len(c.entries) if c.hook is not None else [], tail=c.tail,
+        )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("ctx", CONTEXTS.values(), ids=CONTEXTS.keys())
+def test_a_patched_layout_equals_a_full_one_and_maps_kept_entries(ctx):
+    enc = Encoder()
+    t = build_table(ctx)
+    c1 = compile_table(t)
+    reindex(t)
+    users = t.user_chains()
+    sep = next(n for n in users if n.startswith("KUBE-SEP-"))
+    svc = next(n for n in users if n.startswith("KUBE-SVC-"))
+    # entries leaving the table: the old versions of two chains, and EMPTY (head, RETURN)
+    leaving = sum(len(t.chains[n].entries) + 2 for n in (sep, "KUBE-SERVICES", "EMPTY"))
+    # one chain's rules change, one chain (nobody jumps to) goes, two new ones come, one of
+    # them jumped to from a rewritten top-level chain, one sorting before everything
+    x = enc.line(f"-A {sep} -s 10.9.9.9 -j KUBE-MARK-MASQ")
+    t.chains[sep].set_rules([x.entry, *t.chains[sep].entries], [x.label, *t.chains[sep].labels])
+    t.touch(sep)
+    t.drop("EMPTY")
+    new = t.add(Chain("KUBE-SEP-AAAAAAAAAAAAAAAA"))
+    y = enc.line("-A KUBE-SEP-AAAAAAAAAAAAAAAA -j KUBE-MARK-MASQ")
+    new.set_rules([y.entry], [y.label])
+    t.add(Chain("A-FIRST"))
+    ks = t.chains["KUBE-SERVICES"]
+    z = enc.line("-A KUBE-SERVICES -j KUBE-SEP-AAAAAAAAAAAAAAAA")
+    ks.set_rules([z.entry, *ks.entries], [z.label, *ks.labels])
+    t.touch("KUBE-SERVICES")
+    assert t.layout is not None and t.dirty is not None  # the patch path will be taken
+    c2 = compile_table(t)
+    c3 = compile_table(_fresh_copy(t))  # laid out from scratch
+    assert bytes(c2.blob) == bytes(c3.blob)
+    assert (c2.offsets == c3.offsets).all() and c2.num_entries == c3.num_entries
+    assert (c2.hook_entry, c2.underflow) == (c3.hook_entry, c3.underflow)
+    # kept entries point at the same rule in the old table (jump verdicts aside)
+    kept = 0
+    for i, j in enumerate(c2.old_index.tolist()):
+        if j < 0:
+            continue
+        kept += 1
+        a, b = int(c2.offsets[i]), int(c1.offsets[j])
+        n = struct.unpack_from("<H", c2.blob, a + 90)[0]
+        assert bytes(c2.blob[a : a + n - 8]) == bytes(c1.blob[b : b + n - 8])
+    assert kept == c1.num_entries - leaving
+    # a patched layout can be patched again
+    reindex(t)
+    t.touch(svc)
+    c4 = compile_table(t)
+    assert bytes(c4.blob) == bytes(c3.blob)
