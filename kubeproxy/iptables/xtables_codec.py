@@ -32,7 +32,6 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from itertools import chain as concat
 from typing import NamedTuple
 
@@ -311,16 +310,12 @@ def _close_user_chain(c: Chain, blob: bytes) -> None:
     c.tail_kidx = c.kidx.pop()
 
 
-@lru_cache(maxsize=1 << 17)
 def _head_entry(name: str) -> bytes:
+    """A user chain's head: an ERROR-target entry carrying its name."""
     nb = name.encode()
     if len(nb) >= 32:
         raise EncodeError(f"chain name {name!r} is longer than 31 characters")
-    return (
-        _entry_header(b"\0" * 16, 0, 0, 0, ENTRY_SIZE, ENTRY_SIZE + ERROR_TARGET_SIZE)
-        + XT_HEADER.pack(ERROR_TARGET_SIZE, b"ERROR", 0)
-        + nb.ljust(32, b"\0")
-    )
+    return _HEAD_PREFIX + nb.ljust(32, b"\0")
 
 
 def _entry_header(
@@ -349,6 +344,9 @@ def _standard(verdict: int) -> bytes:
 
 
 _ZERO_ADDRS = b"\0" * 16
+_HEAD_PREFIX = _entry_header(
+    _ZERO_ADDRS, 0, 0, 0, ENTRY_SIZE, ENTRY_SIZE + ERROR_TARGET_SIZE
+) + XT_HEADER.pack(ERROR_TARGET_SIZE, b"ERROR", 0)
 RETURN_ENTRY = _entry_header(
     _ZERO_ADDRS, 0, 0, 0, ENTRY_SIZE, ENTRY_SIZE + STANDARD_TARGET_SIZE
 ) + _standard(VERDICTS["RETURN"])
