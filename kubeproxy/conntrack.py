@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
 
-from .iptables.apply import run
+from .tools import run
 
 log = logging.getLogger("kubeproxy")
 

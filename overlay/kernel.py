@@ -48,6 +48,23 @@ async def iproute() -> AsyncIterator[AsyncIPRoute]:
         ipr.close()
 
 
+class NetlinkUser:
+    """One long-lived ``AsyncIPRoute`` per backend, opened on first use (``_nl``)."""
+
+    _ipr: AsyncIPRoute | None = None
+
+    async def _nl(self) -> AsyncIPRoute:
+        if self._ipr is None:
+            self._ipr = AsyncIPRoute()
+            await self._ipr.setup_endpoint()
+        return self._ipr
+
+    async def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+
 async def collect(res: Any) -> list:
     """pyroute2 0.9 returns lists for some calls and async generators for dumps."""
     if isinstance(res, Awaitable):

@@ -16,7 +16,6 @@ the last two: one restore per sync as described above.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 
 from kubecommon.model import ServicePortName
 
+from ..tools import run
 from .render import JUMP_RULES, JumpRule, Ruleset, is_service_chain
 
 log = logging.getLogger("kubeproxy")
@@ -46,15 +46,6 @@ def binaries(backend: str) -> tuple[str, str, str]:
     return f"iptables-{t}", f"iptables-{t}-save", f"iptables-{t}-restore"
 
 
-async def run(argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def chains_in(saved: str, table: str) -> set[str]:

@@ -16,12 +16,12 @@ renderer keeps the number of chains small.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import json
 import logging
 import re
 
+from ..tools import run
 from .render import FAMILY, TABLE
 
 log = logging.getLogger("kubeproxy")
@@ -70,15 +70,6 @@ class NftError(RuntimeError):
     pass
 
 
-async def run(argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def _explain(text: str, err: str) -> str:

@@ -11,11 +11,11 @@ themselves, whatever state they were left in. Idempotent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shlex
 from collections.abc import Callable
 
+from ..tools import run
 from .render import ALL_CHAINS, JumpRule, jump_rules, quote
 
 log = logging.getLogger("kubeproxy")
@@ -31,19 +31,13 @@ class IptablesError(RuntimeError):
 
 
 async def _run(argv: list[str], stdin: str | None = None) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-    if proc.returncode != 0:
+    rc, out, err = await run(argv, stdin)
+    if rc != 0:
         raise IptablesError(
-            f"{argv[0]} failed (exit {proc.returncode}): {err.decode().strip()}"
+            f"{argv[0]} failed (exit {rc}): {err.strip()}"
             + (f"\n--- input ---\n{stdin}" if stdin else "")
         )
-    return out.decode()
+    return out
 
 
 def _tables(saved: str) -> dict[str, list[str]]:

@@ -15,9 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from pyroute2 import AsyncIPRoute
-
-from ..kernel import ExternalInterface, ignore_missing, ipv4_routes
+from ..kernel import ExternalInterface, NetlinkUser, ignore_missing, ipv4_routes
 from ..lease import HOST_GW, Lease
 
 log = logging.getLogger("overlay")
@@ -77,24 +75,12 @@ def plan(desired: Sequence[GwRoute], current: Iterable[GwRoute]) -> GwPlan:
     )
 
 
-class HostGwBackend:
+class HostGwBackend(NetlinkUser):
     name = HOST_GW
 
     def __init__(self, cluster_cidr: IPv4Network) -> None:
         self.cluster_cidr = cluster_cidr
-        self._ipr: AsyncIPRoute | None = None
         self._ext: ExternalInterface | None = None
-
-    async def _nl(self) -> AsyncIPRoute:
-        if self._ipr is None:
-            self._ipr = AsyncIPRoute()
-            await self._ipr.setup_endpoint()
-        return self._ipr
-
-    async def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
 
     @property
     def mtu(self) -> int:

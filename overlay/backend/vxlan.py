@@ -23,12 +23,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import ndmsg
 
 from ..kernel import (
     RTNH_F_ONLINK,
     ExternalInterface,
+    NetlinkUser,
     OverlayError,
     collect,
     ignore_missing,
@@ -219,11 +219,10 @@ def incompatibilities(spec: DeviceSpec, info: dict) -> str:
 # ---------------------------------------------------------------- apply
 
 
-class VxlanBackend:
+class VxlanBackend(NetlinkUser):
     name = VXLAN
 
     def __init__(self) -> None:
-        self._ipr: AsyncIPRoute | None = None
         self._spec: DeviceSpec | None = None
         self._index = 0
         self._mac = ""
@@ -233,17 +232,6 @@ class VxlanBackend:
     def mtu(self) -> int:
         assert self._spec is not None
         return self._spec.mtu
-
-    async def _nl(self) -> AsyncIPRoute:
-        if self._ipr is None:
-            self._ipr = AsyncIPRoute()
-            await self._ipr.setup_endpoint()
-        return self._ipr
-
-    async def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
 
     # -- device
 
