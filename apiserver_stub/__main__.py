@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
 
 import click
+
+from kubecommon.aio import run_until_signalled
 
 from .server import Config, run
 
@@ -183,16 +182,8 @@ def main(
     except ImportError:
         pass
 
-    async def _main() -> None:
-        task = asyncio.ensure_future(run(cfg))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
     try:
-        asyncio.run(_main())
+        run_until_signalled(lambda: run(cfg))
     except OSError as e:
         click.echo(f"apiserver_stub: cannot listen on {bind}:{port}: {e}", err=True)
         sys.exit(1)

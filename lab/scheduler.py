@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 import click
 
 from kubecommon import log as knl_log
+from kubecommon.aio import run_until_signalled
 from kubecommon.cli import api_options, client_from
 from kubecommon.client import ApiClient, ApiError, resource_path
 from kubecommon.informer import Informer, object_key
@@ -198,21 +199,7 @@ def main(
     knl_log.setup("scheduler", log_level)
     client = client_from(master, kubeconfig, token_file, "scheduler")
 
-    async def run() -> None:
-        import signal
-
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-        try:
-            await Scheduler(client).run()
-        except asyncio.CancelledError:
-            pass
-        finally:
-            await client.close()
-
-    asyncio.run(run())
+    run_until_signalled(lambda: Scheduler(client).run(), closing=client)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 from dataclasses import dataclass
+
+from kubecommon.aio import run_until_signalled
 
 log = logging.getLogger("workload")
 
@@ -245,18 +246,7 @@ def main() -> None:
     except ImportError:
         loop_factory = None
 
-    async def run() -> None:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-        try:
-            await serve(http_port, echo_port)
-        except asyncio.CancelledError:
-            pass
-
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(run())
+    run_until_signalled(lambda: serve(http_port, echo_port), loop_factory=loop_factory)
 
 
 if __name__ == "__main__":

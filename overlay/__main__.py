@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from ipaddress import IPv4Network
 
 import click
 
 from kubecommon import log as knl_log
+from kubecommon.aio import run_until_signalled
 from kubecommon.cli import api_options, client_from
 
 from .agent import Agent, AgentConfig
@@ -64,20 +64,9 @@ def main(
     client = client_from(master, kubeconfig, token_file, "overlay")
     cfg = AgentConfig(node_name, iface, backend, subnet_file, ip_masq, network)
 
-    async def run() -> None:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-        try:
-            await Agent(client, cfg).run()
-        finally:
-            await client.close()
-
     try:
-        asyncio.run(run())
-    except asyncio.CancelledError:
-        log.info("stopped; the data path stays in place (use --cleanup to remove it)")
+        if run_until_signalled(lambda: Agent(client, cfg).run(), closing=client):
+            log.info("stopped; the data path stays in place (use --cleanup to remove it)")
     except OverlayError as e:
         log.error("%s", e)
         sys.exit(1)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
 import click
 
 from kubecommon import log as knl_log
+from kubecommon.aio import run_until_signalled
 from kubecommon.cli import api_options, client_from
 
 from .agent import Kubelet
@@ -107,23 +106,7 @@ def main(
         underlay_iface=underlay_iface,
     )
 
-    async def run() -> None:
-        if cleanup:
-            await kubelet.cleanup_all()
-            await client.close()
-            return
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-        try:
-            await kubelet.run()
-        except asyncio.CancelledError:
-            pass
-        finally:
-            await client.close()
-
-    asyncio.run(run())
+    run_until_signalled(kubelet.cleanup_all if cleanup else kubelet.run, closing=client)
 
 
 if __name__ == "__main__":
