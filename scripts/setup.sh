@@ -13,7 +13,7 @@ STAMP_DIR="$VENV/.stamps"
 APT_PACKAGES=(
   iproute2 iptables nftables conntrack kmod procps psmisc
   python3 python3-venv python3-dev gcc
-  curl dnsutils iperf3 wrk dnsperf nginx-light
+  curl dnsutils iperf3 wrk dnsperf nginx-light libnginx-mod-stream
 )
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }

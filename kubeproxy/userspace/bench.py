@@ -1,7 +1,12 @@
-"""Benchmark: direct pod IP vs userspace mode (vs iptables mode) on one namespace node.
+"""Benchmark: direct pod IP vs userspace mode (vs iptables mode, vs a C relay) on one node.
 
     python -m kubeproxy.userspace.bench [--reps 3] [--duration 5] [--connections 50]
-                                         [--json out.json] [--modes direct,userspace,iptables]
+                  [--json out.json] [--modes direct,userspace,iptables,nginx-stream]
+
+"nginx-stream" is the reference for what a userspace relay can reach on the machine at all:
+nginx's stream proxy (C, one worker), reached through a REDIRECT of its ClusterIP exactly
+as userspace mode reaches its proxy. It pays the same extra TCP hops and context switches
+with no Python in them.
 
 Topology (prefix "ust-b", 172.30.6.128/25): client pod, server pod (Debian nginx with one
 worker, iperf3 -s), both behind the node's bridge; the proxy runs in the node namespace
@@ -11,6 +16,7 @@ medians and ratios to direct from the same run:
 - iperf3 bulk TCP throughput (one stream)
 - wrk keep-alive requests/s and latency p50/p99
 - wrk one-connection-per-request (``Connection: close``) requests/s and p50/p99
+- keep-alive latency with one connection (no queueing: what the path itself adds)
 Ratios: of the medians, "(paired)" the median of each repetition's ratio, and the range
 of those per-repetition ratios (the run-to-run spread on a shared machine).
 """
@@ -32,7 +38,23 @@ from rich.table import Table
 from .topo import VENV_PY, Node, wait_file, wait_port
 
 CIDR = "172.30.6.128/25"
-SERVICE_IPS = {"userspace": "10.96.6.200", "iptables": "10.96.6.201"}
+SERVICE_IPS = {"userspace": "10.96.6.200", "iptables": "10.96.6.201", "nginx-stream": "10.96.6.202"}
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+# The reference relay: nginx's stream proxy (C, epoll, one worker) in the node namespace,
+# reached the way userspace mode reaches its proxy (a REDIRECT of the ClusterIP in
+# PREROUTING). What it gets is about what any userspace relay can get on this machine.
+STREAM_CONF = """load_module {module};
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 8192; }}
+stream {{
+  server {{ listen {node_ip}:{http_port} backlog=4096; proxy_pass {pod_ip}:80; }}
+  server {{ listen {node_ip}:{iperf_port}; proxy_pass {pod_ip}:5201; }}
+}}
+"""
 
 NGINX_CONF = """worker_processes 1;
 daemon off;
@@ -47,6 +69,10 @@ http {{
   server {{ listen {ip}:80 backlog=4096 reuseport; location / {{ return 200 "pod=server\\n"; }} }}
 }}
 """
+
+
+def _num(v: float) -> str:
+    return f"{v:.2f}" if abs(v) >= 1 else f"{v:.3f}"
 
 
 def _ms(text: str) -> float:
@@ -83,6 +109,11 @@ class Bench:
         n = self.node
         n.up(2)
         n.exec(n.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # ~45,000 connections per new-connection run: with the default 28,000 ephemeral
+        # ports, a mode measured twice in a row (the order alternates) met its own
+        # TIME_WAITs and stalled on SYN retries (160 requests/s instead of 8,000)
+        for ns in (n.ns, n.pod_ns(0)):
+            n.exec(ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
         server = n.pod_ns(1)
         d = os.path.join(self.tmp, "nginx")
         os.makedirs(d, exist_ok=True)
@@ -94,6 +125,9 @@ class Bench:
         wait_port(n, server, n.pod_ip(1), 5201)
         for mode in self.modes:
             if mode == "direct":
+                continue
+            if mode == "nginx-stream":
+                self.up_stream_reference()
                 continue
             ip = SERVICE_IPS[mode]
             spec = os.path.join(self.tmp, f"{mode}.json")
@@ -140,6 +174,20 @@ class Bench:
             wait_file(ready, 30)
             wait_port(n, n.pod_ns(0), ip, 80)
 
+    def up_stream_reference(self) -> None:
+        n, ip = self.node, SERVICE_IPS["nginx-stream"]
+        d = os.path.join(self.tmp, "nginx-stream")
+        os.makedirs(d, exist_ok=True)
+        ports = {80: 30080, 5201: 30201}
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write(STREAM_CONF.format(module=STREAM_MODULE, d=d, node_ip=n.node_ip, pod_ip=n.pod_ip(1),
+                                       http_port=ports[80], iperf_port=ports[5201]))
+        n.spawn(n.ns, "nginx", "-c", os.path.join(d, "nginx.conf"), "-p", d)
+        for port, to in ports.items():
+            n.exec(n.ns, "iptables-legacy", "-t", "nat", "-A", "PREROUTING", "-d", ip, "-p", "tcp",
+                   "--dport", str(port), "-j", "REDIRECT", "--to-ports", str(to))
+        wait_port(n, n.pod_ns(0), ip, 80)
+
     def target(self, mode: str) -> str:
         return self.node.pod_ip(1) if mode == "direct" else SERVICE_IPS[mode]
 
@@ -156,8 +204,8 @@ class Bench:
                 time.sleep(1)
         raise AssertionError("unreachable")
 
-    def wrk(self, mode: str, close: bool) -> dict:
-        argv = ["wrk", "-t1", f"-c{self.connections}", f"-d{self.duration}s", "--latency"]
+    def wrk(self, mode: str, close: bool, connections: int = 0) -> dict:
+        argv = ["wrk", "-t1", f"-c{connections or self.connections}", f"-d{self.duration}s", "--latency"]
         if close:
             argv += ["-H", "Connection: close"]
         argv.append(f"http://{self.target(mode)}/")
@@ -176,6 +224,10 @@ METRICS = [
     ("nc_rps", "new-conn req/s", True),
     ("nc_p50_ms", "new-conn p50 ms", False),
     ("nc_p99_ms", "new-conn p99 ms", False),
+    # one connection: the latency a request pays for the path itself, without the queueing
+    # that a saturating load adds (there p99 is about connections / requests-per-second)
+    ("ka1_p50_ms", "1 conn keep-alive p50 ms", False),
+    ("ka1_p99_ms", "1 conn keep-alive p99 ms", False),
 ]
 
 
@@ -184,14 +236,23 @@ METRICS = [
 @click.option("--duration", default=5, show_default=True, help="seconds per measurement")
 @click.option("--connections", default=50, show_default=True, help="wrk connections")
 @click.option(
-    "--modes", default="", help="comma list of direct,userspace,iptables (default: all available)"
+    "--modes",
+    default="",
+    help="comma list of direct,userspace,iptables,nginx-stream (default: all available); "
+    "nginx-stream is a reference userspace relay in C (nginx's stream proxy)",
 )
 @click.option("--json", "json_path", default="", help="write results here")
 def main(reps: int, duration: int, connections: int, modes: str, json_path: str) -> None:
     if os.geteuid() != 0:
         sys.exit("bench: run as root (it builds network namespaces)")
     console = Console(stderr=True)
-    wanted = [m for m in (modes or "direct,userspace,iptables").split(",") if m]
+    wanted = [m for m in (modes or "direct,userspace,iptables,nginx-stream").split(",") if m]
+    unknown = [m for m in wanted if m != "direct" and m not in SERVICE_IPS]
+    if unknown:
+        sys.exit(f"bench: unknown mode(s) {', '.join(unknown)}; choose from direct,{','.join(SERVICE_IPS)}")
+    if "nginx-stream" in wanted and not os.path.exists(STREAM_MODULE):
+        console.print(f"[yellow]{STREAM_MODULE} missing (Debian package libnginx-mod-stream); skipping nginx-stream")
+        wanted.remove("nginx-stream")
     if "iptables" in wanted:
         try:
             import kubeproxy.iptables.proxier  # noqa: F401
@@ -210,6 +271,7 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
                 gbps = b.iperf(mode)
                 ka = b.wrk(mode, close=False)
                 nc = b.wrk(mode, close=True)
+                ka1 = b.wrk(mode, close=False, connections=1)
                 row = {
                     "throughput_gbps": gbps,
                     "ka_rps": ka["rps"],
@@ -218,12 +280,14 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
                     "nc_rps": nc["rps"],
                     "nc_p50_ms": nc["p50_ms"],
                     "nc_p99_ms": nc["p99_ms"],
-                    "errors": (ka["errors"] + " " + nc["errors"]).strip(),
+                    "ka1_p50_ms": ka1["p50_ms"],
+                    "ka1_p99_ms": ka1["p99_ms"],
+                    "errors": " ".join(x["errors"] for x in (ka, nc, ka1) if x["errors"]),
                 }
                 runs[mode].append(row)
                 console.print(
                     f"rep {rep + 1}/{reps} {mode:9s} "
-                    + " ".join(f"{k}={row[k]:.2f}" for k, _, _ in METRICS)
+                    + " ".join(f"{k}={_num(row[k])}" for k, _, _ in METRICS)
                     + (f" errors: {row['errors']}" if row["errors"] else "")
                 )
     finally:
@@ -267,7 +331,7 @@ def main(reps: int, duration: int, connections: int, modes: str, json_path: str)
     for k, label, _ in METRICS:
         cells = []
         for m in med:
-            cells.append(f"{med[m][k]:.2f}")
+            cells.append(_num(med[m][k]))
             if m != "direct":
                 cells.append(f"{ratios[m][k]:.2f}")
                 cells.append(f"{paired[m][k]:.2f}" if m in paired else "")
