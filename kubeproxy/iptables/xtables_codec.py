@@ -83,13 +83,23 @@ def _name(b: bytes) -> str:
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """No cyclic GC while we build ~10^5 small containers (a quarter of a cold encode)."""
+    """No cyclic GC while we build ~10^5 small containers (a quarter of a cold encode).
+
+    On the way out the survivors are frozen (``gc.freeze``): re-enabled plainly, the next
+    allocation would start a young-generation pass over all of them (0.1-0.3 s of a cold
+    full sync at 10,000 services, for objects that live until the next sync). They are
+    unfrozen on the way into the next paused section, so cyclic garbage among them is
+    still collected by a later full collection, only not walked on every young one.
+    """
     was = gc.isenabled()
     gc.disable()
+    if was:
+        gc.unfreeze()
     try:
         yield
     finally:
         if was:
+            gc.freeze()
             gc.enable()
 
 
