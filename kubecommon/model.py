@@ -19,6 +19,19 @@ class ServicePortName:
     name: str
     port: str  # the port's name, "" when unnamed
     protocol: str = "TCP"
+    # The key of every per-service-port map: a dataclass hash re-hashes the four strings
+    # on each lookup (a third of an iptables partial render at 10,000 services), so it is
+    # computed once. Not pickled: string hashes differ from one process to the next.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.namespace, self.name, self.port, self.protocol)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self):
+        return (ServicePortName, (self.namespace, self.name, self.port, self.protocol))
 
     def __str__(self) -> str:  # kube-proxy's String(): ns/name:port (":port" only when named)
         base = f"{self.namespace}/{self.name}"

@@ -26,6 +26,7 @@ import hashlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import repeat
 
 from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
 
@@ -508,6 +509,8 @@ class Renderer:
         self._cache: dict[
             ServicePortName, tuple[ServicePortInfo, tuple[Endpoint, ...], NodeContext, bool, ServiceRules]
         ] = {}
+        self._order: list[ServicePortName] = []  # the last render's service ports, sorted
+        self._order_set: frozenset[ServicePortName] = frozenset()
 
     def render(
         self,
@@ -515,12 +518,17 @@ class Renderer:
         endpoints: Mapping[ServicePortName, tuple[Endpoint, ...]],
         ctx: NodeContext,
     ) -> Ruleset:
-        large = sum(len(endpoints.get(s, ())) for s in services) > LARGE_CLUSTER_ENDPOINTS
+        # a partial sync re-renders one service among thousands: the walk below is its cost,
+        # so the endpoint count and the sort are done in C where they can be skipped
+        large = sum(map(len, map(endpoints.get, services, repeat(())))) > LARGE_CLUSTER_ENDPOINTS
+        if len(services) != len(self._order) or services.keys() != self._order_set:
+            self._order = sorted(services, key=_spn_key)
+            self._order_set = frozenset(self._order)
         old = self._cache
         new: dict = {}
         changed: set[ServicePortName] = set()
         out: dict[ServicePortName, ServiceRules] = {}
-        for spn in sorted(services, key=_spn_key):
+        for spn in self._order:
             svc = services[spn]
             eps = endpoints.get(spn, ())
             hit = old.get(spn)

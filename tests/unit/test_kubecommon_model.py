@@ -112,3 +112,28 @@ def test_node_info():
         True,
         "b",
     )
+
+
+def test_service_port_name_hash_is_cached_and_rebuilt_after_pickling():
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    a, b = m.ServicePortName("ns", "web", "http"), m.ServicePortName("ns", "web", "http")
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    assert hash(a) != hash(m.ServicePortName("ns", "web", "http", "UDP"))
+    assert repr(a) == "ServicePortName(namespace='ns', name='web', port='http', protocol='TCP')"
+    # another process hashes strings with another seed: a pickled map must still find a
+    # key built there (the bench hands its service maps to a child this way)
+    code = (
+        "import pickle, sys\n"
+        "from kubecommon.model import ServicePortName as S\n"
+        "d = pickle.loads(sys.stdin.buffer.read())\n"
+        "print(d[S('ns', 'web', 'http')], S('ns', 'web', 'http') in set(d))\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "4242"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=pickle.dumps({a: 7}), capture_output=True, env=env, check=True
+    )
+    assert out.stdout.decode().split() == ["7", "True"]

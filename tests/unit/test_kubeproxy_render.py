@@ -260,6 +260,34 @@ def test_partial_restore_writes_only_the_changed_service():
     assert rs.restore_input() == render(services, eps2, CTX)  # memoised == from scratch
 
 
+def test_a_memoised_renderer_follows_services_added_removed_and_reordered():
+    # the renderer keeps its sorted order between renders: every change of the key set
+    # (same count included) must give the same text as a fresh render
+    r = Renderer()
+    names = [spn(name=n) for n in ("a", "c", "e")]
+    services = {s: svc(s, ip=f"172.30.0.{i + 1}") for i, s in enumerate(names)}
+    eps = {spn(name=n): (ep(f"10.180.0.{i + 1}"),) for i, n in enumerate("abcde")}
+    steps = [
+        dict(services),
+        {**services, spn(name="b"): svc(spn(name="b"), ip="172.30.0.9")},  # added in the middle
+        {k: v for k, v in services.items() if k != names[1]},  # removed
+        {  # one out, one in: the same count
+            **{k: v for k, v in services.items() if k != names[0]},
+            spn(name="d"): svc(spn(name="d"), ip="172.30.0.8"),
+        },
+        dict(reversed(list(services.items()))),  # same keys, another insertion order
+    ]
+    for step in steps:
+        rs = r.render(step, eps, CTX)
+        assert rs.restore_input() == render(step, eps, CTX)
+        order = [
+            line.split()[-1]
+            for line in nat(rs.restore_input())
+            if line.startswith("-A KUBE-SERVICES ") and "-j KUBE-SVC-" in line
+        ]
+        assert order == [service_chain(s) for s in sorted(step, key=lambda s: s.name)]
+
+
 def test_large_clusters_drop_per_endpoint_comments():
     services, eps = {}, {}
     for i in range(600):
