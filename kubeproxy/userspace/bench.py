@@ -109,9 +109,10 @@ class Bench:
         n = self.node
         n.up(2)
         n.exec(n.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        # ~45,000 connections per new-connection run: with the default 28,000 ephemeral
-        # ports, a mode measured twice in a row (the order alternates) met its own
-        # TIME_WAITs and stalled on SYN retries (160 requests/s instead of 8,000)
+        # ~45,000 connections per new-connection run against the default 28,000 ephemeral
+        # ports: a mode measured twice in a row (the order alternates) once ran at 160
+        # requests/s instead of 8,000, as if meeting its own TIME_WAITs; not since the
+        # range was widened
         for ns in (n.ns, n.pod_ns(0)):
             n.exec(ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
         server = n.pod_ns(1)
