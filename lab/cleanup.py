@@ -411,9 +411,8 @@ def down(
         etc = []
     for name in etc:
         if topo.is_lab_netns(prefix, name):
-            path = os.path.join(topo.ETC_NETNS_DIR, name)
-            shutil.rmtree(path, ignore_errors=True)
-            rep.paths.append(path)
+            topo.remove_netns_etc(name)
+            rep.paths.append(os.path.join(topo.ETC_NETNS_DIR, name))
     state = topo.state_dir(prefix)
     if remove_state and os.path.exists(state):
         shutil.rmtree(state, ignore_errors=True)

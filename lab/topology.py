@@ -21,10 +21,12 @@ route, without pointing any default route at the host).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 
 log = logging.getLogger("lab")
@@ -91,6 +93,14 @@ def host_link(prefix: str) -> str:
 def pod_netns(prefix: str, namespace: str, pod: str) -> str:
     """Name of a pod's namespace as the kubelet creates it: ``P-pod-<namespace>.<pod>``."""
     return f"{prefix}-pod-{namespace}.{pod}"
+
+
+def remove_netns_etc(name: str) -> None:
+    """Remove /etc/netns/NAME (a pod's resolv.conf), then /etc/netns itself if that left it
+    empty: a fresh machine has none, and ``ip netns`` works without it."""
+    shutil.rmtree(os.path.join(ETC_NETNS_DIR, name), ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty (other pods, other labs) or not there
+        os.rmdir(ETC_NETNS_DIR)
 
 
 def is_lab_netns(prefix: str, name: str) -> bool:

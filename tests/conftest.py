@@ -3,7 +3,8 @@
 * With ``KNL_LEAK_CHECK=1`` (set by ``netns-lab.sh test`` and CI) the session snapshots the
   machine at start and fails the run if anything the tests made is still there at the end:
   network namespaces, host links, KUBE-/FLANNEL- rules in either iptables backend, nft tables
-  named kube-*, or agent processes. This is the "nothing leaks" rule, enforced.
+  named kube-*, agent processes, or files under /etc/netns and /run/kube-netlab (and those
+  directories themselves). This is the "nothing leaks" rule, enforced.
 * Tests under tests/netns need root; in CI (``CI=true``) a missing root is an error, not a skip.
 """
 
@@ -41,7 +42,12 @@ def machine_snapshot() -> dict[str, set[str]]:
     for line in _run(["ps", "-eo", "pid=,args="]).splitlines():
         if AGENT_RE.search(line) and str(os.getpid()) != line.split()[0]:
             procs.add(line.strip())
-    return {"netns": netns, "links": links, "rules": rules, "processes": procs}
+    files = set()
+    for d in ("/etc/netns", "/run/kube-netlab"):  # pods' resolv.conf dirs, the lab's state
+        if os.path.isdir(d):
+            files.add(d)
+            files.update(os.path.join(d, n) for n in os.listdir(d))
+    return {"netns": netns, "links": links, "rules": rules, "processes": procs, "files": files}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -65,7 +71,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     else:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
         if tr:
-            tr.write_line("leak check: nothing left behind (namespaces, links, rules, processes)", green=True)
+            tr.write_line("leak check: nothing left behind (namespaces, links, rules, processes, files)", green=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

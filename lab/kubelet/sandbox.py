@@ -23,12 +23,13 @@ import ipaddress
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pyroute2 import AsyncIPRoute
+
+from lab.topology import remove_netns_etc
 
 log = logging.getLogger("kubelet")
 
@@ -543,7 +544,7 @@ class SandboxManager:
             rc, err = await run_cmd(["ip", "netns", "del", ns], check=False)
             if rc != 0 and netns_inode(ns) is not None:
                 log.warning("could not remove netns %s: %s", ns, err)
-        shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
+        remove_netns_etc(ns)
         self.ipam.release(f"{namespace}/{name}")
         with contextlib.suppress(FileNotFoundError):
             self._record_path(namespace, name).unlink()

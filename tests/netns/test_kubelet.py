@@ -23,6 +23,7 @@ import pytest
 
 from apiserver_stub.testing import free_port
 from kubecommon.client import ApiError, SyncApiClient
+from lab.topology import remove_netns_etc
 
 NODE_NS = "kbt-node"
 HOST_IF = "kbt-h"
@@ -178,7 +179,7 @@ def cluster():
                 sh("ip", "netns", "del", ns, check=False)
         sh("ip", "link", "del", HOST_IF, check=False)
         for d in Path("/etc/netns").glob("kbt-*"):
-            shutil.rmtree(d, ignore_errors=True)
+            remove_netns_etc(d.name)
         if os.environ.get("KBT_KEEP_LOGS"):
             print(f"logs in {tmp}")
         else:
