@@ -509,8 +509,7 @@ class Renderer:
         self._cache: dict[
             ServicePortName, tuple[ServicePortInfo, tuple[Endpoint, ...], NodeContext, bool, ServiceRules]
         ] = {}
-        self._order: list[ServicePortName] = []  # the last render's service ports, sorted
-        self._order_set: frozenset[ServicePortName] = frozenset()
+        self._order: list[ServicePortName] = []  # the cache's keys, sorted
 
     def render(
         self,
@@ -521,9 +520,8 @@ class Renderer:
         # a partial sync re-renders one service among thousands: the walk below is its cost,
         # so the endpoint count and the sort are done in C where they can be skipped
         large = sum(map(len, map(endpoints.get, services, repeat(())))) > LARGE_CLUSTER_ENDPOINTS
-        if len(services) != len(self._order) or services.keys() != self._order_set:
+        if services.keys() != self._cache.keys():  # the last render's service ports
             self._order = sorted(services, key=_spn_key)
-            self._order_set = frozenset(self._order)
         old = self._cache
         new: dict = {}
         changed: set[ServicePortName] = set()

@@ -1200,8 +1200,8 @@ class Encoder:
             if m is None:
                 return None
             chain, comment, proto, dst, port, neg, src, tname = m.groups()
-            v = VERDICTS.get(tname)
-            if v is None and tname in _TARGETS:
+            t = self._target(tname)
+            if t is None:
                 return None
             d, dmsk = self._addr(dst)
             s = smsk = _Z4
@@ -1221,16 +1221,15 @@ class Encoder:
                 PROTOS[proto],
                 inv,
                 body,
-                self._standard(v or 0),
-                None if v else tname,
+                *t,
             )
         if " -s " in line:
             m = _FAST_SRC.fullmatch(line)
             if m is None:
                 return None
             chain, comment, neg, src, tname = m.groups()
-            v = VERDICTS.get(tname)
-            if v is None and tname in _TARGETS:
+            t = self._target(tname)
+            if t is None:
                 return None
             a, msk = self._addr(src)
             inv = IPT_INV_SRCIP if neg else 0
@@ -1243,15 +1242,14 @@ class Encoder:
                 0,
                 inv,
                 self._comment(comment),
-                self._standard(v or 0),
-                None if v else tname,
+                *t,
             )
         m = _FAST_JUMP.fullmatch(line)
         if m is None:
             return None
         chain, comment, prob, tname = m.groups()
-        v = VERDICTS.get(tname)
-        if v is None and tname in _TARGETS:
+        t = self._target(tname)
+        if t is None:
             return None
         body = self._comment(comment)
         if prob is not None:
@@ -1259,9 +1257,7 @@ class Encoder:
                 ("m", "statistic", (False, "--mode", "random"), (False, "--probability", prob)),
                 _m_statistic,
             )
-        return _entry(
-            chain, _Z4, _Z4, _Z4, _Z4, 0, 0, body, self._standard(v or 0), None if v else tname
-        )
+        return _entry(chain, _Z4, _Z4, _Z4, _Z4, 0, 0, body, *t)
 
     def parse_line(self, line: str) -> Encoded:
         """The general parser (every option ``render.py`` can emit)."""

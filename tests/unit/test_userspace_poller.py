@@ -22,15 +22,24 @@ def pair():
     b.close()
 
 
+@pytest.fixture
+def looped():
+    """A fresh event loop and a Poller on it, both closed afterwards."""
+    loop = asyncio.new_event_loop()
+    poller = Poller(loop)
+    yield loop, poller
+    poller.close()
+    loop.close()
+
+
 def run_once(loop: asyncio.AbstractEventLoop, seconds: float = 0.2) -> None:
     loop.call_later(seconds, loop.stop)
     loop.run_forever()
 
 
-def test_data_and_fin_arrive_in_one_event_flagged_rdhup(pair):
+def test_data_and_fin_arrive_in_one_event_flagged_rdhup(pair, looped):
     a, b = pair
-    loop = asyncio.new_event_loop()
-    poller = Poller(loop)
+    loop, poller = looped
     seen: list[int] = []
 
     def on_ready(events: int) -> None:
@@ -42,17 +51,14 @@ def test_data_and_fin_arrive_in_one_event_flagged_rdhup(pair):
     a.sendall(b"response")
     a.shutdown(socket.SHUT_WR)
     run_once(loop, 2.0)
-    poller.close()
-    loop.close()
     assert len(seen) == 1
     assert seen[0] & select.EPOLLIN and seen[0] & select.EPOLLRDHUP
     assert b.recv(100) == b"response" and b.recv(100) == b""
 
 
-def test_data_without_fin_is_not_flagged_rdhup(pair):
+def test_data_without_fin_is_not_flagged_rdhup(pair, looped):
     a, b = pair
-    loop = asyncio.new_event_loop()
-    poller = Poller(loop)
+    loop, poller = looped
     seen: list[int] = []
 
     def on_ready(events: int) -> None:
@@ -63,15 +69,12 @@ def test_data_without_fin_is_not_flagged_rdhup(pair):
     poller.add(b.fileno(), on_ready)
     a.sendall(b"request")
     run_once(loop, 2.0)
-    poller.close()
-    loop.close()
     assert seen and not seen[0] & select.EPOLLRDHUP
 
 
-def test_forgotten_and_closed_socket_is_never_dispatched(pair):
+def test_forgotten_and_closed_socket_is_never_dispatched(pair, looped):
     a, b = pair
-    loop = asyncio.new_event_loop()
-    poller = Poller(loop)
+    loop, poller = looped
     seen: list[int] = []
     poller.add(b.fileno(), seen.append)
     poller.forget(b.fileno())
@@ -79,5 +82,3 @@ def test_forgotten_and_closed_socket_is_never_dispatched(pair):
     a.sendall(b"late")
     run_once(loop)
     assert seen == [] and poller.handlers == {}
-    poller.close()
-    loop.close()
