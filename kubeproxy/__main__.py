@@ -52,8 +52,9 @@ def _hostport(_ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--healthz-bind-address", default="0.0.0.0:10256", show_default=True, callback=_hostport,
               help='HOST:PORT for /healthz ("" disables).')
 @click.option("--nodeport-addresses", default="", help="Comma-separated CIDRs NodePorts answer on (default: all local addresses).")
-@click.option("--iptables-backend", type=click.Choice(["legacy", "legacy-restore", "nft"]), default="legacy", show_default=True,
-              help="legacy: x_tables written directly (no iptables-restore); legacy-restore: iptables-legacy-restore; nft: iptables-nft-restore")
+@click.option("--iptables-backend", type=click.Choice(["legacy", "legacy-restore", "nft", "nft-restore"]), default="legacy", show_default=True,
+              help="legacy: x_tables written directly (no iptables-restore); legacy-restore: iptables-legacy-restore; "
+                   "nft: nf_tables written directly (iptables-nft's encoding, no iptables-nft-restore); nft-restore: iptables-nft-restore")
 @click.option("--iptables-localhost-nodeports/--no-iptables-localhost-nodeports", default=False, show_default=True,
               help="Answer NodePorts on 127.0.0.1 too (sets route_localnet=1).")
 @click.option("--proxy-port-range", default="", help="userspace mode: local port range FROM-TO.")

@@ -42,7 +42,7 @@ class ProxyConfig:
     metrics_bind_address: str = "127.0.0.1:10249"  # "" disables the metrics server
     healthz_bind_address: str = "0.0.0.0:10256"  # "" disables /healthz
     nodeport_addresses: tuple[str, ...] = ()  # CIDRs; () = every local address
-    iptables_backend: str = "legacy"  # legacy (direct x_tables) | legacy-restore | nft
+    iptables_backend: str = "legacy"  # legacy (direct x_tables) | legacy-restore | nft (direct nf_tables) | nft-restore
     localhost_nodeports: bool = False  # NodePorts on 127.0.0.1 (sets route_localnet=1)
     proxy_port_range: str = ""  # userspace mode: "FROM-TO" or "" for ephemeral ports
     udp_timeout: float = 0.25  # userspace mode: idle timeout of a UDP session (seconds)

@@ -9,9 +9,12 @@ are ensured like kube-proxy's EnsureRule: looked up in the saved table, ``-C`` c
 
 Backends: ``legacy`` (the kernel's x_tables written directly by ``xtables.XtablesWriter``,
 which falls back to this module's restore for a sync it cannot encode), ``legacy-restore``
-(iptables-legacy-*, x_tables via libiptc) and ``nft`` (iptables-nft-*, the same rules
-translated to nf_tables), for the benchmark comparison. ``RestoreWriter`` is the writer of
-the last two: one restore per sync as described above.
+(iptables-legacy-*, x_tables via libiptc), ``nft`` (nf_tables written directly by
+``nft_writer.NftWriter`` in iptables-nft's encoding, falling back to iptables-nft-restore
+the same way) and ``nft-restore`` (iptables-nft-*, the same rules translated to nf_tables
+by iptables itself). ``RestoreWriter`` is the writer of ``legacy-restore`` and
+``nft-restore`` (and the fallback of the direct writers): one restore per sync as
+described above.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from .render import JUMP_RULES, JumpRule, Ruleset, is_service_chain
 
 log = logging.getLogger("kubeproxy")
 
-BACKENDS = ("legacy", "legacy-restore", "nft")
-_TOOLS = {"legacy": "legacy", "legacy-restore": "legacy", "nft": "nft"}  # backend -> iptables-<x>-*
+BACKENDS = ("legacy", "legacy-restore", "nft", "nft-restore")
+# backend -> iptables-<x>-* (the direct writers' fallback, save and -C/-I tools)
+_TOOLS = {"legacy": "legacy", "legacy-restore": "legacy", "nft": "nft", "nft-restore": "nft"}
 _CHAIN_LINE = re.compile(r"^:(\S+) ")
 _LINE_ERR = re.compile(r"line:? (\d+)", re.I)
 
@@ -140,7 +144,7 @@ class SyncPlan:
 
 @dataclass
 class WriteResult:
-    via: str  # "restore" or "xtables"
+    via: str  # "restore", "xtables" or "nft"
     stale: int = 0
     bytes: int = 0  # restore input, or x_tables blob bytes written
     encode_s: float = 0.0  # x_tables: rule text -> entries
@@ -152,7 +156,7 @@ class WriteResult:
 
 
 class RestoreWriter:
-    """Writes a sync with one ``iptables-restore --noflush`` (legacy-restore and nft)."""
+    """Writes a sync with one ``iptables-restore --noflush`` (legacy-restore and nft-restore)."""
 
     def __init__(self, applier: Applier):
         self.applier = applier

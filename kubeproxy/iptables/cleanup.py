@@ -41,7 +41,7 @@ def cleanup_input(saved: str, table: str, prefix: str = "KUBE-") -> str:
     return "\n".join(body) + "\n"
 
 
-async def cleanup(backends: tuple[str, ...] = ("legacy-restore", "nft")) -> bool:
+async def cleanup(backends: tuple[str, ...] = ("legacy-restore", "nft-restore")) -> bool:
     """Remove all KUBE- chains/jumps; returns True when everything went fine."""
     ok = True
     for backend in backends:

@@ -9,8 +9,9 @@ one-endpoint change small even with 10,000 services.
 
 The proxier decides *what* to write (a ``SyncPlan``); a writer decides *how*: the legacy
 backend's ``XtablesWriter`` (x_tables sockopts, no iptables-restore; falls back to a
-restore for a sync it cannot encode) or ``RestoreWriter`` (``iptables-{legacy,nft}-restore``
-for the ``legacy-restore`` and ``nft`` backends).
+restore for a sync it cannot encode), the nft backend's ``NftWriter`` (nf_tables netlink
+batches in iptables-nft's encoding; falls back the same way) or ``RestoreWriter``
+(``iptables-{legacy,nft}-restore`` for the ``legacy-restore`` and ``nft-restore`` backends).
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ def _writer(backend: str, applier: Applier):
         from .xtables import XtablesWriter
 
         return XtablesWriter(restore)
+    if backend == "nft":
+        from .nft_writer import NftWriter
+
+        return NftWriter(restore)
     return restore
 
 
