@@ -166,6 +166,14 @@ class NodeContext:
     conntrack_tcp_liberal: bool = False  # nf_conntrack_tcp_be_liberal set: no INVALID drop
 
 
+# A fragment as the renderer built it: (format, fields), the text being ``format % fields``.
+# Fields are the values that differ from one service port to the next (our chain names,
+# comments, plain addresses, ports), each a whole token; everything else, '%' doubled, is
+# in the format. The x_tables encoder uses it to patch its per-shape templates without
+# re-parsing the text (it checks that the text is exactly ``format % fields``).
+Shape = tuple[str, tuple[str, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceRules:
     """One service port's share of the ruleset (all strings are whole lines)."""
@@ -178,6 +186,10 @@ class ServiceRules:
     chains: tuple[str, ...]  # nat chains this service port owns (SVC/SVL/EXT/SEP)
     chain_rules: str  # the rules of those chains
     has_endpoints: bool
+    # The same three nat fragments as shapes (None: no shape, only the text).
+    nat_services_shape: Shape | None = None
+    nat_nodeports_shape: Shape | None = None
+    chain_rules_shape: Shape | None = None
 
 
 def _usable(ep: Endpoint) -> bool:
@@ -281,17 +293,25 @@ def render_service(
 
     mp = f"-m {proto} -p {proto}"
     cip, port = svc.cluster_ip, svc.port
+    sport = str(port)
     f_svc: list[str] = []
     f_ext: list[str] = []
     f_np: list[str] = []
-    n_svc: list[str] = []
-    n_np: list[str] = []
+    # nat fragments as formats + fields (see Shape): '%' of literal text doubled
+    mpf = _esc(mp)
+    n_svc_f: list[str] = []
+    n_svc_v: list[str] = []
+    n_np_f: list[str] = []
+    n_np_v: list[str] = []
     chains: list[str] = []
-    rules: list[str] = []
+    rf: list[str] = []  # chain_rules: formats ...
+    rv: list[str] = []  # ... and fields
 
-    cluster_ip_match = f'-m comment --comment "{name} cluster IP" {mp} -d {cip} --dport {port}'
+    ip_comment = f'"{name} cluster IP"'
+    cluster_ip_fmt = f"-m comment --comment %s {mpf} -d %s --dport %s"  # ip_comment, cip, port
     if has_internal:
-        n_svc.append(f"-A {KUBE_SERVICES} {cluster_ip_match} -j {internal_chain}\n")
+        n_svc_f.append(f"-A {KUBE_SERVICES} {cluster_ip_fmt} -j %s\n")
+        n_svc_v += (ip_comment, cip, sport, internal_chain)
     else:
         f_svc.append(
             f"-A {KUBE_SERVICES} -m comment --comment {int_comment} {mp} -d {cip} --dport {port} -j {int_target}\n"
@@ -299,18 +319,16 @@ def render_service(
 
     for xip in svc.external_ips:
         if has_eps:
-            n_svc.append(
-                f'-A {KUBE_SERVICES} -m comment --comment "{name} external IP" {mp} -d {xip} --dport {port} -j {ext_chain}\n'
-            )
+            n_svc_f.append(f"-A {KUBE_SERVICES} -m comment --comment %s {mpf} -d %s --dport %s -j %s\n")
+            n_svc_v += (f'"{name} external IP"', xip, sport, ext_chain)
         if not has_external:
             f_ext.append(
                 f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {ext_comment} {mp} -d {xip} --dport {port} -j {ext_target}\n"
             )
     for lbip in svc.load_balancer_ips:
         if has_eps:
-            n_svc.append(
-                f'-A {KUBE_SERVICES} -m comment --comment "{name} loadbalancer IP" {mp} -d {lbip} --dport {port} -j {ext_chain}\n'
-            )
+            n_svc_f.append(f"-A {KUBE_SERVICES} -m comment --comment %s {mpf} -d %s --dport %s -j %s\n")
+            n_svc_v += (f'"{name} loadbalancer IP"', lbip, sport, ext_chain)
     if not has_external:
         for lbip in svc.load_balancer_ips:
             f_ext.append(
@@ -319,9 +337,8 @@ def render_service(
 
     if svc.node_port:
         if has_eps:
-            n_np.append(
-                f"-A {KUBE_NODEPORTS} -m comment --comment {name} {mp} --dport {svc.node_port} -j {ext_chain}\n"
-            )
+            n_np_f.append(f"-A {KUBE_NODEPORTS} -m comment --comment %s {mpf} --dport %s -j %s\n")
+            n_np_v += (name, str(svc.node_port), ext_chain)
         if not has_external:
             f_ext.append(
                 f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {ext_comment} -m addrtype --dst-type LOCAL {mp} --dport {svc.node_port} -j {ext_target}\n"
@@ -335,31 +352,26 @@ def render_service(
     internal_masq = ""
     if has_internal:
         if ctx.masquerade_all:
-            internal_masq = f"-A {internal_chain} {cluster_ip_match} -j {KUBE_MARK_MASQ}\n"
+            internal_masq = f"-A %s {cluster_ip_fmt} -j {KUBE_MARK_MASQ}\n"
         elif ctx.cluster_cidr:
-            internal_masq = (
-                f"-A {internal_chain} {cluster_ip_match} ! -s {ctx.cluster_cidr} -j {KUBE_MARK_MASQ}\n"
-            )
+            internal_masq = f"-A %s {cluster_ip_fmt} ! -s {_esc(ctx.cluster_cidr)} -j {KUBE_MARK_MASQ}\n"
 
     if uses_ext_chain:
         chains.append(ext_chain)
         if not ext_local:
-            rules.append(
-                f'-A {ext_chain} -m comment --comment "masquerade traffic for {name} external destinations" -j {KUBE_MARK_MASQ}\n'
-            )
+            rf.append(f"-A %s -m comment --comment %s -j {KUBE_MARK_MASQ}\n")
+            rv += (ext_chain, f'"masquerade traffic for {name} external destinations"')
         else:
             if ctx.cluster_cidr:
-                rules.append(
-                    f'-A {ext_chain} -m comment --comment "pod traffic for {name} external destinations" -s {ctx.cluster_cidr} -j {svc_chain}\n'
-                )
-            rules.append(
-                f'-A {ext_chain} -m comment --comment "masquerade LOCAL traffic for {name} external destinations" -m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}\n'
-            )
-            rules.append(
-                f'-A {ext_chain} -m comment --comment "route LOCAL traffic for {name} external destinations" -m addrtype --src-type LOCAL -j {svc_chain}\n'
-            )
+                rf.append(f"-A %s -m comment --comment %s -s {_esc(ctx.cluster_cidr)} -j %s\n")
+                rv += (ext_chain, f'"pod traffic for {name} external destinations"', svc_chain)
+            rf.append(f"-A %s -m comment --comment %s -m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}\n")
+            rv += (ext_chain, f'"masquerade LOCAL traffic for {name} external destinations"')
+            rf.append("-A %s -m comment --comment %s -m addrtype --src-type LOCAL -j %s\n")
+            rv += (ext_chain, f'"route LOCAL traffic for {name} external destinations"', svc_chain)
         if has_external:
-            rules.append(f"-A {ext_chain} -j {ext_policy_chain}\n")
+            rf.append("-A %s -j %s\n")
+            rv += (ext_chain, ext_policy_chain)
 
     addr_of = {id(e): f"{e.ip}:{e.port}" for e in reachable}
     sep_of = {k: _sep(name, proto, a) for k, a in addr_of.items()}
@@ -367,19 +379,28 @@ def render_service(
 
     def to_endpoints(chain: str, targets: list[Endpoint]) -> None:
         if internal_masq and chain == internal_chain:
-            rules.append(internal_masq)
+            rf.append(internal_masq)
+            rv.extend((chain, ip_comment, cip, sport))
         if affinity:
             for e in targets:
                 sep = sep_of[id(e)]
-                c = "" if large else f'-m comment --comment "{name} -> {addr_of[id(e)]}" '
-                rules.append(
-                    f"-A {chain} {c}-m recent --name {sep} --rcheck --seconds {affinity} --reap -j {sep}\n"
-                )
+                if large:
+                    rf.append(f"-A %s -m recent --name %s --rcheck --seconds {affinity} --reap -j %s\n")
+                    rv.extend((chain, sep, sep))
+                else:
+                    rf.append(
+                        f"-A %s -m comment --comment %s -m recent --name %s --rcheck --seconds {affinity} --reap -j %s\n"
+                    )
+                    rv.extend((chain, f'"{name} -> {addr_of[id(e)]}"', sep, sep))
         n = len(targets)
         for i, e in enumerate(targets):
-            c = "" if large else f'-m comment --comment "{name} -> {addr_of[id(e)]}" '
             stat = f"-m statistic --mode random --probability {probability(n - i)} " if i < n - 1 else ""
-            rules.append(f"-A {chain} {c}{stat}-j {sep_of[id(e)]}\n")
+            if large:
+                rf.append(f"-A %s {stat}-j %s\n")
+                rv.extend((chain, sep_of[id(e)]))
+            else:
+                rf.append(f"-A %s -m comment --comment %s {stat}-j %s\n")
+                rv.extend((chain, f'"{name} -> {addr_of[id(e)]}"', sep_of[id(e)]))
 
     if uses_cluster_chain:
         chains.append(svc_chain)
@@ -388,23 +409,55 @@ def render_service(
         chains.append(svl_chain)
         to_endpoints(svl_chain, local_eps)
 
+    masq_f, dnat_f = _sep_formats(mpf, large, bool(affinity))
     for e in reachable:
         sep = sep_of[id(e)]
         chains.append(sep)
-        head = f"-A {sep} " if large else f"-A {sep} -m comment --comment {name} "
-        rules.append(f"{head}-s {e.ip} -j {KUBE_MARK_MASQ}\n")
-        rec = f"-m recent --name {sep} --set " if affinity else ""
-        rules.append(f"{head}{rec}{mp} -j DNAT --to-destination {addr_of[id(e)]}\n")
+        rf.append(masq_f)
+        rf.append(dnat_f)
+        ip = e.ip
+        if large:
+            rv += (sep, ip, sep, sep, ip, str(e.port)) if affinity else (sep, ip, sep, ip, str(e.port))
+        elif affinity:
+            rv += (sep, name, ip, sep, name, sep, ip, str(e.port))
+        else:
+            rv += (sep, name, ip, sep, name, ip, str(e.port))
 
+    n_svc_shape = _shape(n_svc_f, n_svc_v)
+    n_np_shape = _shape(n_np_f, n_np_v)
+    rules_shape = _shape(rf, rv)
     return ServiceRules(
         filter_services="".join(f_svc),
         filter_external="".join(f_ext),
         filter_nodeports="".join(f_np),
-        nat_services="".join(n_svc),
-        nat_nodeports="".join(n_np),
+        nat_services=n_svc_shape[0] % n_svc_shape[1],
+        nat_nodeports=n_np_shape[0] % n_np_shape[1],
         chains=tuple(chains),
-        chain_rules="".join(rules),
+        chain_rules=rules_shape[0] % rules_shape[1],
         has_endpoints=has_eps,
+        nat_services_shape=n_svc_shape,
+        nat_nodeports_shape=n_np_shape,
+        chain_rules_shape=rules_shape,
+    )
+
+
+def _esc(text: str) -> str:
+    """Literal text inside a %-format."""
+    return text.replace("%", "%%")
+
+
+def _shape(formats: list[str], fields: list[str]) -> Shape:
+    return "".join(formats), tuple(fields)
+
+
+@lru_cache(maxsize=64)
+def _sep_formats(mpf: str, large: bool, affinity: bool) -> tuple[str, str]:
+    """An endpoint chain's two rules (hairpin masquerade, DNAT) as formats."""
+    head = "-A %s " if large else "-A %s -m comment --comment %s "
+    rec = "-m recent --name %s --set " if affinity else ""
+    return (
+        f"{head}-s %s -j {KUBE_MARK_MASQ}\n",
+        f"{head}{rec}{mpf} -j DNAT --to-destination %s:%s\n",
     )
 
 

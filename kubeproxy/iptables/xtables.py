@@ -426,6 +426,7 @@ _PER_SERVICE = {
     ("nat", KUBE_SERVICES): "nat_services",
     ("nat", KUBE_NODEPORTS): "nat_nodeports",
 }
+_SHAPED = {"nat_services", "nat_nodeports"}  # ... of which the renderer gives shapes too
 
 
 class XtablesWriter:
@@ -453,17 +454,24 @@ class XtablesWriter:
         text = (rs.filter_top if table == "filter" else rs.nat_top)[chain]
         attr = _PER_SERVICE.get((table, chain))
         frags = [getattr(r, attr) for r in rs.services.values()] if attr else []
+        shapes = (
+            [getattr(r, attr + "_shape") for r in rs.services.values()]
+            if attr in _SHAPED
+            else [None] * len(frags)
+        )
         frags.append(text[sum(map(len, frags)) :])  # the static part after the fragments
+        shapes.append(None)
         entries: list[bytes] = []
         labels: list[str | None] = []
         enc = self.encoder
-        for f in frags:
+        for f, shape in zip(frags, shapes, strict=True):
             if f:
-                g = enc.chains(f).get(chain)
-                if g is None or len(enc.chains(f)) != 1:
+                g = enc.chains(f, shape)
+                if len(g) != 1 or chain not in g:
                     raise EncodeError(f"{table}/{chain}: a fragment has rules of other chains")
-                entries += g[0]
-                labels += g[1]
+                e, lab = g[chain]
+                entries += e
+                labels += lab
         return entries, labels
 
     def edits(self, rs: Ruleset, plan: SyncPlan) -> dict[str, TableEdit]:
@@ -489,7 +497,7 @@ class XtablesWriter:
             nat.delete = set(plan.stale)
         empty: tuple[list[bytes], list[str | None]] = ([], [])
         for r in picked:
-            g = self.encoder.chains(r.chain_rules)
+            g = self.encoder.chains(r.chain_rules, r.chain_rules_shape)
             if len(g) > len(r.chains) or not g.keys() <= set(r.chains):
                 raise EncodeError(f"rules of undeclared chains in {sorted(set(g) - set(r.chains))}")
             for c in r.chains:

@@ -1103,13 +1103,19 @@ class Encoder:
             self._used[text] = hit
         return hit
 
-    def chains(self, text: str) -> dict[str, tuple[list[bytes], list[str | None]]]:
-        """A fragment's entries grouped by chain, in order (memoised; do not mutate)."""
+    def chains(
+        self, text: str, shape: tuple[str, tuple[str, ...]] | None = None
+    ) -> dict[str, tuple[list[bytes], list[str | None]]]:
+        """A fragment's entries grouped by chain, in order (memoised; do not mutate).
+
+        ``shape``: the renderer's ``(format, fields)`` of ``text`` (``render.Shape``), a
+        hint that saves splitting the text; the result is the same with or without it.
+        """
         hit = self._gused.get(text)
         if hit is None:
             hit = self._grouped.get(text)
             if hit is None:
-                hit = self.templates.chains(text)
+                hit = self.templates.chains(text, shape)
                 if hit is None:
                     hit = self._general_chains(text)
                 self.encoded_lines += sum(len(g[0]) for g in hit.values())

@@ -12,6 +12,13 @@ line with all sentinels at once gives exactly what the template predicts. Per li
 afterwards: copy the learnt bytes, write the fields. A field value the template cannot
 take (a longer name, an address out of range) makes that fragment use the general path.
 
+The fields of a fragment come from one regex split of its text, or, cheaper, from the
+renderer itself: a *shape* ``(format, fields)`` with ``text == format % fields``
+(``render.Shape``). Such a fragment is used only if its text is exactly that, and every
+field is one token of the kind its template learnt (a chain name, a quoted or bare
+comment, an address, a port: what the regex would have cut out); else it takes the
+regex split like any other text. Both ways share the learnt line templates.
+
 Pure; used by ``xtables_codec.Encoder.chains``.
 """
 
@@ -48,6 +55,8 @@ class NoFit(Exception):
 def _ip(v: str) -> bytes:
     b = _IP_BYTES.get(v)
     if b is None:
+        if v.count(".") != 3:  # the general parser's rule (inet_aton takes "10.1" too)
+            raise NoFit(v)
         try:
             b = socket.inet_aton(v)
         except OSError:
@@ -59,7 +68,10 @@ def _ip(v: str) -> bytes:
 
 
 def _port(v: str) -> int:
-    p = int(v)
+    try:
+        p = int(v)
+    except ValueError:
+        raise NoFit(v) from None
     if p > 65535:
         raise NoFit(v)
     return p
@@ -267,6 +279,48 @@ def learn_line(
 
 LineMaker = Callable[[list[str], int], tuple[str, bytes, str | None]]
 
+# What one field of a shape may hold: one token of the kind its template learnt, as the
+# field regex (_VAR) would have cut it out of the text.
+_FIELD_SYNTAX = {
+    _NAME: r"KUBE-(?:SVC|SVL|EXT|SEP|FW)-[A-Z2-7]{16}",
+    _IP: r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}",
+    _PORT: r"\d{1,5}",
+}
+_QUOTED = r'"[^"\n\0]*"'
+_BARE = r'[^\s"\0]+'
+_FORMAT = re.compile(r"%(.)", re.S)
+
+
+def format_literals(fmt: str) -> list[str] | None:
+    """The literal texts between the ``%s`` of a format ('%%' undone); None if not only %s."""
+    out: list[str] = []
+    cur: list[str] = []
+    pos = 0
+    for m in _FORMAT.finditer(fmt):
+        cur.append(fmt[pos : m.start()])
+        if m.group(1) == "%":
+            cur.append("%")
+        elif m.group(1) == "s":
+            out.append("".join(cur))
+            cur = []
+        else:
+            return None
+        pos = m.end()
+    if "%" in fmt[pos:]:
+        return None
+    cur.append(fmt[pos:])
+    out.append("".join(cur))
+    return out
+
+
+def _field_syntax(fields: tuple[str, ...] | list[str]) -> re.Pattern:
+    """A pattern for ``"\0".join(fields)``: each field one token of its (learnt) kind."""
+    pats = []
+    for v in fields:
+        k = _kind(v)
+        pats.append(_FIELD_SYNTAX.get(k) or (_QUOTED if v[:1] == '"' else _BARE))
+    return re.compile("\0".join(pats))
+
 
 class FragmentTemplate(NamedTuple):
     lines: tuple[tuple[LineMaker, int], ...]  # (line template, index of its first field)
@@ -290,9 +344,27 @@ class Templates:
         self._encode = encode
         self._frags: dict[str, FragmentTemplate | None] = {}
         self._lines: dict[str, LineMaker | None] = {}
+        self._formats: dict[str, tuple[FragmentTemplate, re.Pattern] | None] = {}
 
-    def chains(self, text: str) -> dict[str, tuple[list[bytes], list[str | None]]] | None:
-        """The fragment's entries grouped by chain, or None if it has no usable template."""
+    def chains(
+        self, text: str, shape: tuple[str, tuple[str, ...]] | None = None
+    ) -> dict[str, tuple[list[bytes], list[str | None]]] | None:
+        """The fragment's entries grouped by chain, or None if it has no usable template.
+
+        ``shape``: the renderer's ``(format, fields)`` for this text (used only if the
+        text is exactly ``format % fields`` and each field has its kind's syntax).
+        """
+        if shape is not None:
+            fmt, fields = shape
+            t = self._formats.get(fmt, False)
+            if t is False:
+                t = self._formats[fmt] = self._learn_format(text, fmt, fields)
+            if t is not None:
+                try:
+                    if fmt % fields == text and t[1].fullmatch("\0".join(fields)):
+                        return t[0].make(fields)  # type: ignore[arg-type]
+                except (NoFit, struct.error, TypeError, ValueError):
+                    pass
         parts = split_fields(text)
         key = "\0".join(parts[0::3]) + "\1" + "".join(parts[1::3])
         t = self._frags.get(key, False)
@@ -304,6 +376,21 @@ class Templates:
             return t.make(parts[2::3])
         except (NoFit, struct.error):
             return None
+
+    def _learn_format(
+        self, text: str, fmt: str, fields: tuple[str, ...]
+    ) -> tuple[FragmentTemplate, re.Pattern] | None:
+        lits = format_literals(fmt)
+        try:
+            if lits is None or fmt % fields != text or any("\n" in v or not v for v in fields):
+                return None
+        except (TypeError, ValueError):
+            return None
+        parts: list[str] = [lits[0]]
+        for v, lit in zip(fields, lits[1:], strict=True):
+            parts += ("", v, lit)
+        t = self._learn(parts)
+        return None if t is None else (t, _field_syntax(fields))
 
     def _learn(self, parts: list[str]) -> FragmentTemplate | None:
         # Into lines of alternating literals (separator included) and fields; fields never
@@ -344,3 +431,4 @@ class Templates:
     def clear(self) -> None:
         self._frags.clear()
         self._lines.clear()
+        self._formats.clear()

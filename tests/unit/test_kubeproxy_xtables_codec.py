@@ -346,6 +346,92 @@ def test_template_falls_back_for_values_it_cannot_take():
     assert enc.templates.chains(longer) == enc._general_chains(longer)
 
 
+def shaped(s: dict, e: dict, ctx: NodeContext, large: bool) -> list[tuple[str, tuple]]:
+    """The fragments the renderer gives as (format, fields) too, with their shapes."""
+    out = []
+    for k in s:
+        r = render_service(s[k], e[k], ctx, large)
+        out += [
+            (r.chain_rules, r.chain_rules_shape),
+            (r.nat_services, r.nat_services_shape),
+            (r.nat_nodeports, r.nat_nodeports_shape),
+        ]
+    return [(f, sh) for f, sh in out if f]
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["comments", "large-cluster"])
+@pytest.mark.parametrize("ctx", CONTEXTS.values(), ids=CONTEXTS.keys())
+def test_renderer_shapes_give_the_general_parsers_bytes(ctx, large):
+    s, e = scenario()
+    enc = Encoder()
+    for f, (fmt, fields) in shaped(s, e, ctx, large):
+        assert fmt % fields == f  # the shape is exactly the text
+        assert enc.templates.chains(f, (fmt, fields)) == enc._general_chains(f), f
+    s2, e2 = shifted(s, e)
+    templated = total = 0
+    for f, shape in shaped(s2, e2, ctx, large):  # learnt shapes, other values
+        total += f.count("\n")
+        got = enc.templates.chains(f, shape)
+        if got is not None:
+            templated += f.count("\n")
+            assert got == enc._general_chains(f), f
+        assert Encoder().chains(f, shape) == enc._general_chains(f), f
+    assert templated >= 0.9 * total
+
+
+def test_a_shape_that_is_not_the_text_is_not_used():
+    s, e = scenario()
+    ctx = CONTEXTS["cluster-cidr"]
+    (f, (fmt, fields)), (g, other) = shaped(s, e, ctx, False)[:2]
+    enc = Encoder()
+    assert enc.chains(f, (fmt, fields)) == enc._general_chains(f)  # learnt
+    # a stale shape (the text was changed after rendering): the text wins
+    changed = f.replace("-j KUBE-MARK-MASQ", "-j KUBE-MARK-DROP", 1)
+    assert changed != f
+    assert Encoder().chains(changed, (fmt, fields)) == enc._general_chains(changed)
+    assert enc.templates.chains(changed, (fmt, fields)) == enc._general_chains(changed)
+    # another fragment's shape, a shape with too few fields, a format that is no shape
+    assert enc.chains(g, (fmt, fields)) == enc._general_chains(g)
+    assert enc.templates.chains(f, (fmt, fields[:-1])) == enc._general_chains(f)
+    assert Encoder().templates.chains(f, (fmt.replace("%s", "%d", 1), fields)) == (
+        enc._general_chains(f)
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("ip", "10.0.0.9 -j DROP"),  # inet_aton stops at the blank: the bytes of 10.0.0.9
+        ("ip", "10.9"),  # inet_aton's short form, not an address to the general parser
+        ("comment", '"a" -j DROP "b"'),  # quotes inside a quoted comment
+        ("name", "KUBE-SVC-AAAAAAA AAAAAAAA"),  # right length, not one token
+    ],
+)
+def test_a_shape_field_that_is_not_one_token_of_its_kind_takes_the_general_path(field, value):
+    line = "-A KUBE-SERVICES -m comment --comment %s -m tcp -p tcp -d %s --dport %s -j %s\n"
+    good = ('"ns/a:p cluster IP"', "172.30.0.1", "80", "KUBE-SVC-AAAAAAAAAAAAAAAA")
+    enc = Encoder()
+    assert enc.chains(line % good, (line, good)) == enc._general_chains(line % good)
+    k = {"comment": 0, "ip": 1, "name": 3}[field]
+    bad = (*good[:k], value, *good[k + 1 :])
+    text = line % bad
+    assert enc.templates.chains(text, (line, bad)) is None  # not through the template
+    try:
+        want = enc._general_chains(text)
+    except EncodeError:
+        with pytest.raises(EncodeError):
+            enc.chains(text, (line, bad))
+    else:
+        assert enc.chains(text, (line, bad)) == want
+
+
+def test_a_chain_name_of_32_bytes_is_refused_when_laid_out():
+    t = build_table(CONTEXTS["cluster-cidr"])
+    t.add(Chain("X" * 32))
+    with pytest.raises(EncodeError, match="longer than 31"):
+        compile_table(t)
+
+
 def _fresh_copy(t: Table) -> Table:
     out = Table(t.name, t.valid_hooks, {})
     for name, c in t.chains.items():
