@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain as concat
+from itertools import compress, repeat
+from operator import is_not
 from typing import NamedTuple
 
 import numpy as np
@@ -320,6 +322,15 @@ def _close_user_chain(c: Chain, blob: bytes) -> None:
     c.tail_kidx = c.kidx.pop()
 
 
+def _head_entries(names: list[str]) -> list[bytes]:
+    """``_head_entry`` of each name, in one pass."""
+    raw = [n.encode() for n in names]
+    if raw and max(map(len, raw)) >= 32:
+        _head_entry(next(n for n, r in zip(names, raw, strict=True) if len(r) >= 32))  # raises
+    p = _HEAD_PREFIX
+    return [p + r.ljust(32, b"\0") for r in raw]
+
+
 def _head_entry(name: str) -> bytes:
     """A user chain's head: an ERROR-target entry carrying its name."""
     nb = name.encode()
@@ -446,15 +457,28 @@ def _compile_all(t: Table) -> Compiled:
     nb = len(labels)
     names = t.user_chains()
     users = [t.chains[n] for n in names]
-    segs = [c.segment() for c in users]
-    seglen = np.fromiter((len(sg.lengths) for sg in segs), dtype=np.int64, count=len(segs))
+    # User chains as one flat run of entries (head, rules, RETURN each): building a
+    # segment per chain was most of a cold compile (30,000 chains at 10,000 services);
+    # segments are made only for the chains a later patched layout drops in.
+    ret = RETURN_ENTRY
+    flat: list[bytes] = []
+    counts: list[int] = []
+    kept: list[int] = []
+    for head, c in zip(_head_entries(names), users, strict=True):
+        e = c.entries
+        flat.append(head)
+        flat += e
+        flat.append(ret)
+        labels.append(None)
+        labels += c.labels
+        labels.append(None)
+        counts.append(len(e))
+        kept.append(-1 if c.fresh else c.head_kidx)
+    seglen = np.asarray(counts, dtype=np.int64) + 2
     segstart = np.cumsum(seglen) - seglen + nb  # index of each user chain's head
     first.update(zip(names, (segstart + 1).tolist(), strict=True))
     # Old indices: built-ins entry by entry; a kept user chain is a run from its head.
-    heads = np.fromiter(
-        (-1 if c.fresh else c.head_kidx for c in users), dtype=np.int64, count=len(users)
-    )
-    run = np.repeat(heads, seglen)
+    run = np.repeat(np.asarray(kept, dtype=np.int64), seglen)
     within = np.arange(int(seglen.sum()), dtype=np.int64) - np.repeat(segstart - nb, seglen)
     old_index = np.concatenate(
         [
@@ -464,32 +488,24 @@ def _compile_all(t: Table) -> Compiled:
         ]
     )
 
-    n = nb + int(seglen.sum()) + 1
+    n = nb + len(flat) + 1
     lengths = np.fromiter(
-        concat(
-            map(len, parts[1:]),
-            concat.from_iterable(sg.lengths for sg in segs),
-            (len(_FINAL_ERROR),),
-        ),
+        concat(map(len, parts[1:]), map(len, flat), (len(_FINAL_ERROR),)),
         dtype=np.int64,
         count=n,
     )
     ends = np.cumsum(lengths)
     offs = ends - lengths
-    blob = bytearray().join(concat(parts, (sg.blob for sg in segs), (_FINAL_ERROR,)))
-    # Jumps: the built-ins' one by one, the user chains' segment-relative indices shifted.
-    bj = [i for i, lab in enumerate(labels) if lab is not None]
-    njump = np.fromiter((len(sg.jumps) for sg in segs), dtype=np.int64, count=len(segs))
-    ji = np.fromiter(
-        concat(bj, concat.from_iterable(sg.jumps for sg in segs)),
-        dtype=np.int64,
-        count=len(bj) + int(njump.sum()),
-    )
-    ji[len(bj) :] += np.repeat(segstart, njump)
+    blob = bytearray().join(concat(parts, flat, (_FINAL_ERROR,)))
+    # Jumps: every entry with a label (built-in and user chains alike).
+    jumping = list(map(is_not, labels, repeat(None)))
+    ji = np.flatnonzero(np.fromiter(jumping, dtype=bool, count=len(labels)))
     if len(ji):
-        jl = concat([labels[i] for i in bj], concat.from_iterable(sg.labels for sg in segs))
         try:
-            dest = [-1 if lab is FALLTHROUGH else first[lab] for lab in jl]  # type: ignore[index]
+            dest = [
+                -1 if lab is FALLTHROUGH else first[lab]  # type: ignore[index]
+                for lab in compress(labels, jumping)
+            ]
         except KeyError as e:
             raise BlobError(
                 f"{t.name}: a rule jumps to chain {e.args[0]}, which does not exist"
