@@ -1,4 +1,4 @@
-"""kube-proxy iptables mode (and, parametrized, nftables mode) with real packets: what a user of a Service sees.
+"""kube-proxy with real packets (iptables mode on the legacy and nft backends, nftables mode): what a Service user sees.
 
 A small topology of its own (prefix "kpt", underlay 172.30.5.0/24): a fabric namespace
 with a bridge, the host joined to it by a veth (172.30.5.1, where the API server stub
@@ -119,7 +119,12 @@ def stop(p: subprocess.Popen) -> None:
 class Cluster:
     def __init__(self, tmp: Path, mode: str = "iptables"):
         self.tmp = tmp
-        self.mode = mode  # the --proxy-mode under test (the module runs once per mode)
+        # the module runs once per mode: --proxy-mode iptables (default backend: legacy,
+        # x_tables written directly), nftables, and "iptables-nft": --proxy-mode iptables
+        # with --iptables-backend nft (nf_tables written directly in iptables-nft's encoding)
+        self.mode, _, backend = mode.partition("-")
+        self.backend_args = ["--iptables-backend", backend] if backend else []
+        self.iptables = "iptables-nft" if backend == "nft" else "iptables-legacy"  # to edit rules by hand
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
         self.url = f"http://{HOST_IP}:{self.port}"
@@ -155,7 +160,7 @@ class Cluster:
             [PY, "-m", "kubeproxy", "--master", self.url, "--hostname-override", node,
              "--proxy-mode", self.mode, "--cluster-cidr", "10.244.0.0/16", "--min-sync-period", "0s",
              "--sync-period", "2s", "--metrics-bind-address", f"{nip}:10249",
-             "--healthz-bind-address", f"{nip}:10256", "--log-level", "DEBUG", *extra],
+             "--healthz-bind-address", f"{nip}:10256", "--log-level", "DEBUG", *self.backend_args, *extra],
             f"{P}-{node}", log=self.tmp / f"kubeproxy-{node}.log",
         )
 
@@ -207,7 +212,7 @@ def who(frm: str, url: str, **kw) -> str:
     return r.stdout.split()[0].removeprefix("pod=") if r.returncode == 0 and r.stdout else ""
 
 
-@pytest.fixture(scope="module", params=["iptables", "nftables"])
+@pytest.fixture(scope="module", params=["iptables", "nftables", "iptables-nft"])
 def cluster(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kpt")
     build()
@@ -347,8 +352,8 @@ def test_rules_removed_by_hand_come_back(cluster):
         sh("nft", "flush", "chain", "ip", "kube-proxy", "services", ns=f"{P}-n1")
         sh("nft", "flush", "chain", "ip", "kube-proxy", "nat-prerouting", ns=f"{P}-n1")
     else:
-        sh("iptables-legacy", "-t", "nat", "-F", "KUBE-SERVICES", ns=f"{P}-n1")
-        sh("iptables-legacy", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment",
+        sh(cluster.iptables, "-t", "nat", "-F", "KUBE-SERVICES", ns=f"{P}-n1")
+        sh(cluster.iptables, "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment",
            "kubernetes service portals", "-j", "KUBE-SERVICES", ns=f"{P}-n1")
     assert who("p1b", url, timeout=0.5) == ""
     wait_for(lambda: who("p1b", url, timeout=0.5) == "p1a", 10, "the periodic resync to repair the rules", interval=0.3)
@@ -387,7 +392,7 @@ def test_nodeport_addresses_limit_where_a_nodeport_answers(cluster):
 
 def test_restart_with_same_state_changes_nothing_and_cleanup_removes_all(cluster):
     ns = f"{P}-n2"
-    dump = ["nft", "list", "table", "ip", "kube-proxy"] if cluster.mode == "nftables" else ["iptables-legacy-save"]
+    dump = ["nft", "list", "table", "ip", "kube-proxy"] if cluster.mode == "nftables" else [f"{cluster.iptables}-save"]
     before = sh(*dump, ns=ns).stdout
     stop(cluster.procs.pop("kp-n2"))
     cluster.start_proxy("n2")
