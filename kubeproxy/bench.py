@@ -5,7 +5,8 @@
     pod directly and through its ClusterIP, alternating, reported as ratios.
 (2) Rule programming in namespace "kpb-rules", at 1,000 / 5,000 / 10,000 services with 2
     endpoints each, for the backends legacy (the direct x_tables writer), legacy-restore
-    (iptables-legacy-restore) and nft: a full sync from an empty node with nothing
+    (iptables-legacy-restore), nft (the direct nf_tables writer) and nft-restore
+    (iptables-nft-restore): a full sync from an empty node with nothing
     memoised ("cold"), a periodic full resync ("warm"), and the time from one
     EndpointSlice change written to the API server stub to the end of the write that
     makes it live (runner + proxier in this process, --min-sync-period 0); each split into
@@ -372,7 +373,7 @@ async def rule_programming(sizes: list[int], backends: list[str], reps: int, nft
             have = n
             console.log(f"API holds {n} services + slices (+{time.perf_counter() - t0:.1f}s)")
             for backend in backends:
-                r = reps if backend != "nft" or n < 5000 else nft_reps
+                r = reps if backend != "nft-restore" or n < 5000 else nft_reps
                 res = await rules_for_backend(client, backend, n, r, changes)
                 out.setdefault(str(n), {})[backend] = res
                 console.log(f"{n} services, {backend}: full cold {res['full_sync_cold']['total_s']['median']:.3f}s, "
@@ -388,10 +389,11 @@ async def rule_programming(sizes: list[int], backends: list[str], reps: int, nft
 
 @click.command()
 @click.option("--sizes", default="1000,5000,10000", show_default=True)
-@click.option("--backends", default="legacy,legacy-restore,nft", show_default=True,
-              help="legacy = direct x_tables writer, legacy-restore = iptables-legacy-restore, nft = iptables-nft-restore")
-@click.option("--reps", default=3, show_default=True, help="cold and warm full-sync repetitions (nft: below 5,000)")
-@click.option("--nft-reps", default=1, show_default=True, help="full-sync repetitions for nft at 5,000+")
+@click.option("--backends", default="legacy,legacy-restore,nft,nft-restore", show_default=True,
+              help="legacy = direct x_tables writer, legacy-restore = iptables-legacy-restore, "
+                   "nft = direct nf_tables writer, nft-restore = iptables-nft-restore")
+@click.option("--reps", default=3, show_default=True, help="cold and warm full-sync repetitions (nft-restore: below 5,000)")
+@click.option("--nft-reps", default=1, show_default=True, help="full-sync repetitions for nft-restore at 5,000+")
 @click.option("--changes", default=5, show_default=True, help="one-endpoint changes timed per size/backend")
 @click.option("--seconds", default=5, show_default=True, help="duration of each wrk/iperf3 run")
 @click.option("--rounds", default=2, show_default=True, help="alternating direct/ClusterIP rounds")
