@@ -99,11 +99,12 @@ class LineTemplate(NamedTuple):
     chain: str | int  # literal chain name, or the index of the field holding it
     label: str | int | None  # literal label (or None), or the index of the field holding it
 
-    def compile(self) -> Callable[[list[str], int], tuple[str, bytes, str | None]]:
-        """The template as one function: a single struct.pack of constants and fields."""
+    def pack_parts(self, field: Callable[[int], str]) -> tuple[str, list[str], list[bytes]]:
+        """The struct format, the argument expressions (constant i is ``{c<i>}``, a field
+        ``field(k)``) and the constants of this line's single struct.pack."""
         slots: list[tuple[int, int, str, str]] = []  # (offset, size, struct code, expression)
         for k, kind, offs, n, cap in self.patches:
-            f = f"f[b + {k}]"
+            f = field(k)
             for o in offs:
                 if kind == _IP:
                     slots.append((o, 4, "4s", f"_ip({f})"))
@@ -116,30 +117,40 @@ class LineTemplate(NamedTuple):
                 else:  # a comment: up to cap bytes, the rest of the field stays zero
                     slots.append((o, cap, f"{cap}s", f"_text({f}, 0, {cap})"))
         slots.sort()
-        fmt, args, consts, pos = ["<"], [], {}, 0
+        fmt, args, consts, pos = ["<"], [], [], 0
         for o, size, code, expr in slots:
             if o < pos:
                 raise ValueError("overlapping fields")
             if o > pos:
-                consts[f"c{len(consts)}"] = self.raw[pos:o]
+                args.append(f"{{c{len(consts)}}}")
+                consts.append(self.raw[pos:o])
                 fmt.append(f"{o - pos}s")
-                args.append(f"c{len(consts) - 1}")
             fmt.append(code)
             args.append(expr)
             pos = o + size
         if pos < len(self.raw):
-            consts[f"c{len(consts)}"] = self.raw[pos:]
+            args.append(f"{{c{len(consts)}}}")
+            consts.append(self.raw[pos:])
             fmt.append(f"{len(self.raw) - pos}s")
-            args.append(f"c{len(consts) - 1}")
+        return "".join(fmt), args, consts
+
+    def compile(self) -> Callable[[list[str], int], tuple[str, bytes, str | None]]:
+        """The template as one function: a single struct.pack of constants and fields."""
+        fmt, args, consts = self.pack_parts(lambda k: f"f[b + {k}]")
+        names = {f"c{i}": f"c{i}" for i in range(len(consts))}
         c = repr(self.chain) if type(self.chain) is str else f"f[b + {self.chain}]"
         lab = f"f[b + {self.label}]" if type(self.label) is int else repr(self.label)
         ns = {
-            "_S": struct.Struct("".join(fmt)).pack, "_ip": _ip, "_port": _port,
-            "_port_be": _port_be, "_text": _text, **consts,
+            "_S": struct.Struct(fmt).pack, "_ip": _ip, "_port": _port,
+            "_port_be": _port_be, "_text": _text,
+            **{f"c{i}": v for i, v in enumerate(consts)},
         }  # fmt: skip
-        src = f"def make(f, b):\n    return ({c}, _S({', '.join(args)}), {lab})\n"
+        call = ", ".join(a.format(**names) if a[0] == "{" else a for a in args)
+        src = f"def make(f, b):\n    return ({c}, _S({call}), {lab})\n"
         exec(src, ns)  # noqa: S102 (generated from our own template, no outside text)
-        return ns["make"]
+        make = ns["make"]
+        make.template = self  # for fusing the lines of a fragment (FragmentTemplate.fuse)
+        return make
 
 
 def _kind(v: str) -> int:
@@ -322,10 +333,81 @@ def _field_syntax(fields: tuple[str, ...] | list[str]) -> re.Pattern:
     return re.compile("\0".join(pats))
 
 
+Grouped = dict[str, tuple[list[bytes], list[str | None]]]
+
+
+def fuse(lines: tuple[tuple[LineMaker, int], ...], sample: list[str] | tuple[str, ...]):
+    """A fragment's line templates as one generated function: each field converted once,
+    the lines grouped by chain as in ``sample`` (the function returns None when the
+    fields do not group that way: same chain where the sample had it, distinct chains)."""
+    ns: dict[str, object] = {"_ip": _ip, "_port": _port, "_port_be": _port_be, "_text": _text}
+    body: list[str] = []
+    local: dict[str, str] = {}  # conversion expression -> local variable
+    entries: list[str] = []
+    chains: list[str] = []
+    values: list[str] = []
+    labels: list[str] = []
+    for n, (make, base) in enumerate(lines):
+        t: LineTemplate | None = getattr(make, "template", None)
+        if t is None:
+            return None
+        fmt, args, consts = t.pack_parts(lambda k, base=base: f"f[{base + k}]")
+        ns[f"_S{n}"] = struct.Struct(fmt).pack
+        call = []
+        for a in args:
+            if a[0] == "{":
+                name = f"c{n}_{a[2:-1]}"
+                ns[name] = consts[int(a[2:-1])]
+            else:
+                name = local.get(a)
+                if name is None:
+                    name = local[a] = f"v{len(local)}"
+                    body.append(f"    {name} = {a}")
+            call.append(name)
+        entries.append(f"_S{n}({', '.join(call)})")
+        if type(t.chain) is str:
+            chains.append(repr(t.chain))
+            values.append(t.chain)
+        else:
+            chains.append(f"f[{base + t.chain}]")
+            values.append(sample[base + t.chain])
+        labels.append(f"f[{base + t.label}]" if type(t.label) is int else repr(t.label))
+    groups: dict[str, list[int]] = {}
+    for n, v in enumerate(values):
+        groups.setdefault(v, []).append(n)
+    checks = []
+    for members in groups.values():
+        same = list(dict.fromkeys(chains[n] for n in members))
+        if len(same) > 1:
+            checks.append(" == ".join(same))
+    heads = [chains[m[0]] for m in groups.values()]
+    if len(heads) > 1:
+        checks.append(f"len({{{', '.join(heads)}}}) == {len(heads)}")
+    out = ", ".join(
+        f"{chains[m[0]]}: ([{', '.join(entries[n] for n in m)}], [{', '.join(labels[n] for n in m)}])"
+        for m in groups.values()
+    )
+    src = "def make(f):\n"
+    if checks:
+        src += f"    if not ({' and '.join(checks)}):\n        return None\n"
+    src += "".join(b + "\n" for b in body) + f"    return {{{out}}}\n"
+    exec(src, ns)  # noqa: S102 (generated from our own templates, no outside text)
+    return ns["make"]
+
+
 class FragmentTemplate(NamedTuple):
     lines: tuple[tuple[LineMaker, int], ...]  # (line template, index of its first field)
+    fused: Callable[[list[str] | tuple[str, ...]], Grouped | None] | None = None
 
     def make(self, fields: list[str]) -> dict[str, tuple[list[bytes], list[str | None]]]:
+        if self.fused is not None:
+            out = self.fused(fields)
+            if out is not None:
+                return out
+        return self.make_lines(fields)
+
+    def make_lines(self, fields: list[str]) -> dict[str, tuple[list[bytes], list[str | None]]]:
+        """Line by line, grouped by the chains the fields name (the reference for fused)."""
         out: dict[str, tuple[list[bytes], list[str | None]]] = {}
         for make, base in self.lines:
             chain, entry, label = make(fields, base)
@@ -419,7 +501,15 @@ class Templates:
             if t is None:
                 return None
             lines.append((t, base))
-        return FragmentTemplate(tuple(lines))
+        sample = parts[2::3]
+        frag = FragmentTemplate(tuple(lines))
+        try:
+            fused = fuse(frag.lines, sample)
+            if fused is not None and fused(sample) != frag.make_lines(sample):
+                fused = None  # cannot happen: the same packs, grouped as the sample is
+        except (NoFit, ValueError, struct.error, SyntaxError):
+            fused = None
+        return frag._replace(fused=fused)
 
     def _line(self, lit: list[str], fields: list[str]) -> LineMaker | None:
         key = "\0".join(lit)

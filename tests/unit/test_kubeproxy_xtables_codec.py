@@ -425,6 +425,38 @@ def test_a_shape_field_that_is_not_one_token_of_its_kind_takes_the_general_path(
         assert enc.chains(text, (line, bad)) == want
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["comments", "large-cluster"])
+@pytest.mark.parametrize("ctx", CONTEXTS.values(), ids=CONTEXTS.keys())
+def test_fused_fragment_templates_give_the_line_templates_bytes(ctx, large):
+    s, e = scenario()
+    enc = Encoder()
+    for f, shape in shaped(s, e, ctx, large):
+        enc.chains(f, shape)
+    fused = [t for t in enc.templates._formats.values() if t is not None and t[0].fused]
+    assert len(fused) >= len(enc.templates._formats) // 2
+    s2, e2 = shifted(s, e)
+    for f, (fmt, fields) in shaped(s2, e2, ctx, large):
+        t = enc.templates._formats.get(fmt)
+        if t is not None and t[0].fused is not None:
+            assert t[0].fused(fields) == t[0].make_lines(fields) == enc._general_chains(f)
+
+
+def test_a_fused_template_refuses_chains_grouped_otherwise():
+    s, e = scenario()
+    k = next(k for k in s if len(e[k]) >= 2)
+    r = render_service(s[k], e[k], CONTEXTS["cluster-cidr"])
+    fmt, fields = r.chain_rules_shape
+    enc = Encoder()
+    enc.chains(r.chain_rules, (fmt, fields))
+    t = enc.templates._formats[fmt][0]
+    seps = [v for v in fields if v.startswith("KUBE-SEP-")]
+    a = seps[0]
+    b = next(v for v in seps if v != a)
+    merged = tuple(a if v == b else v for v in fields)  # two endpoint chains become one
+    assert t.fused(merged) is None
+    assert t.make(merged) == t.make_lines(merged) == enc._general_chains(fmt % merged)
+
+
 def test_a_chain_name_of_32_bytes_is_refused_when_laid_out():
     t = build_table(CONTEXTS["cluster-cidr"])
     t.add(Chain("X" * 32))
