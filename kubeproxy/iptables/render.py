@@ -423,22 +423,25 @@ def render_service(
         else:
             rv += (sep, name, ip, sep, name, ip, str(e.port))
 
-    n_svc_shape = _shape(n_svc_f, n_svc_v)
-    n_np_shape = _shape(n_np_f, n_np_v)
-    rules_shape = _shape(rf, rv)
+    n_svc = _shape(n_svc_f, n_svc_v)
+    n_np = _shape(n_np_f, n_np_v) if n_np_f else _NO_SHAPE
+    chain_rules = _shape(rf, rv)
     return ServiceRules(
-        filter_services="".join(f_svc),
-        filter_external="".join(f_ext),
-        filter_nodeports="".join(f_np),
-        nat_services=n_svc_shape[0] % n_svc_shape[1],
-        nat_nodeports=n_np_shape[0] % n_np_shape[1],
+        filter_services="".join(f_svc) if f_svc else "",
+        filter_external="".join(f_ext) if f_ext else "",
+        filter_nodeports="".join(f_np) if f_np else "",
+        nat_services=n_svc[0] % n_svc[1],
+        nat_nodeports=n_np[0] % n_np[1] if n_np_f else "",
         chains=tuple(chains),
-        chain_rules=rules_shape[0] % rules_shape[1],
+        chain_rules=chain_rules[0] % chain_rules[1],
         has_endpoints=has_eps,
-        nat_services_shape=n_svc_shape,
-        nat_nodeports_shape=n_np_shape,
-        chain_rules_shape=rules_shape,
+        nat_services_shape=n_svc,
+        nat_nodeports_shape=n_np,
+        chain_rules_shape=chain_rules,
     )
+
+
+_NO_SHAPE: Shape = ("", ())
 
 
 def _esc(text: str) -> str:
