@@ -575,7 +575,10 @@ class Renderer:
     ) -> Ruleset:
         # a partial sync re-renders one service among thousands: the walk below is its cost,
         # so the endpoint count and the sort are done in C where they can be skipped
-        large = sum(map(len, map(endpoints.get, services, repeat(())))) > LARGE_CLUSTER_ENDPOINTS
+        # The endpoints map's keys are other (equal) objects than the services map's: each
+        # lookup compares the two keys field by field, so it is done once per service port.
+        eps_of = dict(zip(services, map(endpoints.get, services, repeat(()))))
+        large = sum(map(len, eps_of.values())) > LARGE_CLUSTER_ENDPOINTS
         if services.keys() != self._cache.keys():  # the last render's service ports
             self._order = sorted(services, key=_spn_key)
         old = self._cache
@@ -584,7 +587,7 @@ class Renderer:
         out: dict[ServicePortName, ServiceRules] = {}
         for spn in self._order:
             svc = services[spn]
-            eps = endpoints.get(spn, ())
+            eps = eps_of[spn]
             hit = old.get(spn)
             if (
                 hit is not None
