@@ -471,3 +471,45 @@ def test_trace_cluster_ip_nodeport_and_hairpin():
     }
     # wrong port: nothing
     assert trace(text, "10.0.0.2", "172.30.0.41", 81) == set()
+
+
+def test_plain_cluster_ip_fast_path_renders_what_the_general_path_renders():
+    from kubeproxy.iptables import render as r
+
+    contexts = [
+        CTX,
+        NodeContext(node_name="node1", cluster_cidr="10.0.0.0/24", masquerade_all=True),
+        NodeContext(node_name="node1"),  # no cluster CIDR: no masquerade rule
+        NodeContext(node_name="node1", cluster_cidr="10%0/24"),  # '%' in a literal of the format
+    ]
+    ports = [
+        (svc(), [ep("10.0.0.2")]),
+        (svc(name=spn(name="udp", proto="UDP"), proto="UDP", port=53), [ep("10.0.0.3", 53)]),
+        (svc(name=spn(name="sctp", proto="SCTP"), proto="SCTP"), [ep("10.0.0.4"), ep("10.0.0.5")]),
+        # several endpoints, given unsorted, on other nodes
+        (
+            svc(name=spn(name="many", port=""), port=8080),
+            [ep(f"10.0.{i % 3}.{20 - i}", 8000 + i, node=f"n{i}") for i in range(7)],
+        ),
+    ]
+    fast = 0
+    for ctx in contexts:
+        for large in (False, True):
+            for s, eps in ports:
+                want = r._render_general(s, eps, ctx, large)
+                got = r.render_service(s, eps, ctx, large)
+                assert got == want, (s, ctx, large)
+                assert r._render_plain(s, r._sorted_eps(eps), ctx, large) == want
+                fast += 1
+    assert fast == 32
+    # ports the fast path leaves to the general one
+    others = [
+        (svc(node_port=30080), [ep("10.0.0.2")]),
+        (svc(session_affinity_timeout=10800), [ep("10.0.0.2")]),
+        (svc(internal_local=True), [ep("10.0.0.2")]),
+        (svc(external_ips=("192.0.2.1",)), [ep("10.0.0.2")]),
+        (svc(), [ep("10.0.0.2", ready=False, serving=True, terminating=True)]),
+        (svc(), []),
+    ]
+    for s, eps in others:
+        assert r.render_service(s, eps, CTX) == r._render_general(s, eps, CTX)
