@@ -283,47 +283,55 @@ def _render_plain(
     name = str(svc.name)
     proto = svc.protocol.lower()
     svc_chain = SVC_PREFIX + port_proto_hash(name, proto)
-    mpf = _esc(f"-m {proto} -p {proto}")
     cip, sport = svc.cluster_ip, str(svc.port)
     ip_comment = f'"{name} cluster IP"'
-    n_svc_fmt = f"-A {KUBE_SERVICES} -m comment --comment %s {mpf} -d %s --dport %s -j %s\n"
-    n_svc = (n_svc_fmt, (ip_comment, cip, sport, svc_chain))
-    masq = _internal_masq(ctx, mpf)
-    rf = [masq] if masq else []
+    n = len(eps)
+    n_svc_fmt, rules_fmt, masq = _plain_formats(proto, ctx.masquerade_all, ctx.cluster_cidr, large, n)
     rv: list[str] = [svc_chain, ip_comment, cip, sport] if masq else []
     addrs = [f"{e.ip}:{e.port}" for e in eps]
     seps = [_sep(name, proto, a) for a in addrs]
-    n = len(eps)
-    for i in range(n):
-        stat = f"-m statistic --mode random --probability {probability(n - i)} " if i < n - 1 else ""
-        if large:
-            rf.append(f"-A %s {stat}-j %s\n")
-            rv += (svc_chain, seps[i])
-        else:
-            rf.append(f"-A %s -m comment --comment %s {stat}-j %s\n")
-            rv += (svc_chain, f'"{name} -> {addrs[i]}"', seps[i])
-    masq_f, dnat_f = _sep_formats(mpf, large, False)
-    for e, sep in zip(eps, seps, strict=True):
-        rf.append(masq_f)
-        rf.append(dnat_f)
-        if large:
+    if large:
+        for sep in seps:
+            rv += (svc_chain, sep)
+        for e, sep in zip(eps, seps, strict=True):
             rv += (sep, e.ip, sep, e.ip, str(e.port))
-        else:
+    else:
+        for a, sep in zip(addrs, seps, strict=True):
+            rv += (svc_chain, f'"{name} -> {a}"', sep)
+        for e, sep in zip(eps, seps, strict=True):
             rv += (sep, name, e.ip, sep, name, e.ip, str(e.port))
-    chain_rules = _shape(rf, rv)
+    n_svc = (n_svc_fmt, (ip_comment, cip, sport, svc_chain))
+    chain_rules = (rules_fmt, tuple(rv))
     return ServiceRules(
         filter_services="",
         filter_external="",
         filter_nodeports="",
-        nat_services=n_svc[0] % n_svc[1],
+        nat_services=n_svc_fmt % n_svc[1],
         nat_nodeports="",
         chains=(svc_chain, *seps),
-        chain_rules=chain_rules[0] % chain_rules[1],
+        chain_rules=rules_fmt % chain_rules[1],
         has_endpoints=True,
         nat_services_shape=n_svc,
         nat_nodeports_shape=_NO_SHAPE,
         chain_rules_shape=chain_rules,
     )
+
+
+@lru_cache(maxsize=256)
+def _plain_formats(
+    proto: str, masquerade_all: bool, cluster_cidr: str, large: bool, n: int
+) -> tuple[str, str, bool]:
+    """``_render_plain``'s formats: the KUBE-SERVICES rule, the service port's chains
+    (masquerade rule, n jumps, n endpoint chains), whether the masquerade rule is there."""
+    mpf = _esc(f"-m {proto} -p {proto}")
+    n_svc = f"-A {KUBE_SERVICES} -m comment --comment %s {mpf} -d %s --dport %s -j %s\n"
+    masq = _internal_masq(NodeContext(masquerade_all=masquerade_all, cluster_cidr=cluster_cidr), mpf)
+    out = [masq] if masq else []
+    for i in range(n):
+        stat = f"-m statistic --mode random --probability {probability(n - i)} " if i < n - 1 else ""
+        out.append(f"-A %s {stat}-j %s\n" if large else f"-A %s -m comment --comment %s {stat}-j %s\n")
+    out += _sep_formats(mpf, large, False) * n
+    return n_svc, "".join(out), bool(masq)
 
 
 def _internal_masq(ctx: NodeContext, mpf: str) -> str:
