@@ -273,11 +273,11 @@ def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int, bool]:
             t.drop(name)
             deleted += 1
     changed = bool(deleted)
+    new: list[Chain] = []  # 30,000 of them in a cold sync at 10,000 services: added at once
     for name, (entries, labels) in edit.chains.items():
         c = t.chains.get(name)
-        if c is None:  # a new chain (30,000 of them in a cold sync: one constructor call each)
-            t.add(Chain(name, entries=entries, labels=labels))
-            changed = True
+        if c is None:
+            new.append(Chain(name, entries=entries, labels=labels))
             continue
         if c.hook is not None:
             raise XtablesError(f"table {t.name}: {name} is a built-in chain")
@@ -285,6 +285,9 @@ def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int, bool]:
             continue
         c.set_rules(entries, labels)
         t.touch(name)
+        changed = True
+    if new:
+        t.add_user_chains(new)
         changed = True
     inserted = 0
     for src, entry, dst in edit.jumps:

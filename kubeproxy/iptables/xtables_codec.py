@@ -201,6 +201,20 @@ class Table:
         self.touch(c.name if c.hook is None else None)
         return c
 
+    def add_user_chains(self, new: list[Chain]) -> None:
+        """``add`` for many new user chains (names not in the table yet) at once."""
+        chains = self.chains
+        for c in new:
+            chains[c.name] = c
+        if self._names is not None:
+            if len(new) > 64:
+                self._names = None  # sorted again when next asked for
+            else:
+                for c in new:
+                    insort(self._names, c.name)
+        if self.dirty is not None:
+            self.dirty.update(c.name for c in new)
+
     def drop(self, name: str) -> None:
         c = self.chains.pop(name)
         self.touch(name if c.hook is None else None)
