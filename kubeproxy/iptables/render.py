@@ -286,7 +286,9 @@ def _render_plain(
     cip, sport = svc.cluster_ip, str(svc.port)
     ip_comment = f'"{name} cluster IP"'
     n = len(eps)
-    n_svc_fmt, rules_fmt, masq = _plain_formats(proto, ctx.masquerade_all, ctx.cluster_cidr, large, n)
+    n_svc_fmt, rules_fmt, masq = _plain_formats(
+        proto, ctx.masquerade_all, ctx.cluster_cidr, large, n
+    )
     rv: list[str] = [svc_chain, ip_comment, cip, sport] if masq else []
     addrs = [f"{e.ip}:{e.port}" for e in eps]
     seps = [_sep(name, proto, a) for a in addrs]
@@ -325,11 +327,17 @@ def _plain_formats(
     (masquerade rule, n jumps, n endpoint chains), whether the masquerade rule is there."""
     mpf = _esc(f"-m {proto} -p {proto}")
     n_svc = f"-A {KUBE_SERVICES} -m comment --comment %s {mpf} -d %s --dport %s -j %s\n"
-    masq = _internal_masq(NodeContext(masquerade_all=masquerade_all, cluster_cidr=cluster_cidr), mpf)
+    masq = _internal_masq(
+        NodeContext(masquerade_all=masquerade_all, cluster_cidr=cluster_cidr), mpf
+    )
     out = [masq] if masq else []
     for i in range(n):
-        stat = f"-m statistic --mode random --probability {probability(n - i)} " if i < n - 1 else ""
-        out.append(f"-A %s {stat}-j %s\n" if large else f"-A %s -m comment --comment %s {stat}-j %s\n")
+        stat = (
+            f"-m statistic --mode random --probability {probability(n - i)} " if i < n - 1 else ""
+        )
+        out.append(
+            f"-A %s {stat}-j %s\n" if large else f"-A %s -m comment --comment %s {stat}-j %s\n"
+        )
     out += _sep_formats(mpf, large, False) * n
     return n_svc, "".join(out), bool(masq)
 
@@ -664,7 +672,7 @@ class Renderer:
         # so the endpoint count and the sort are done in C where they can be skipped
         # The endpoints map's keys are other (equal) objects than the services map's: each
         # lookup compares the two keys field by field, so it is done once per service port.
-        eps_of = dict(zip(services, map(endpoints.get, services, repeat(()))))
+        eps_of = dict(zip(services, map(endpoints.get, services, repeat(())), strict=True))
         large = sum(map(len, eps_of.values())) > LARGE_CLUSTER_ENDPOINTS
         if services.keys() != self._cache.keys():  # the last render's service ports
             self._order = sorted(services, key=_spn_key)
