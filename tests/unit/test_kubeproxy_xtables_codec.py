@@ -15,7 +15,13 @@ from dataclasses import replace
 import pytest
 
 from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
-from kubeproxy.iptables.render import JUMP_RULES, NodeContext, Renderer, render_service
+from kubeproxy.iptables.render import (
+    JUMP_RULES,
+    NodeContext,
+    Renderer,
+    endpoint_chain,
+    render_service,
+)
 from kubeproxy.iptables.xtables_codec import (
     ENTRY_SIZE,
     FALLTHROUGH,
@@ -455,6 +461,26 @@ def test_a_fused_template_refuses_chains_grouped_otherwise():
     merged = tuple(a if v == b else v for v in fields)  # two endpoint chains become one
     assert t.fused(merged) is None
     assert t.make(merged) == t.make_lines(merged) == enc._general_chains(fmt % merged)
+
+
+@pytest.mark.parametrize("n", [3, 100], ids=["few", "many"])
+def test_chains_added_in_a_batch_are_laid_out_like_chains_added_one_by_one(n):
+    enc = Encoder()
+    one, batch = build_table(CONTEXTS["cluster-cidr"]), build_table(CONTEXTS["cluster-cidr"])
+    for t in (one, batch):  # a compiled table: sorted names cached, dirty chains tracked
+        compile_table(t)
+        reindex(t)
+        t.user_chains()
+    new = []
+    for i in range(n):
+        x = enc.line(f"-A {endpoint_chain(spn(), f'10.1.{i}.1:80')} -j KUBE-MARK-MASQ")
+        new.append((x.chain, [x.entry], [x.label]))
+    for name, entries, labels in new:
+        one.add(Chain(name, entries=entries, labels=labels))
+    batch.add_user_chains([Chain(name, entries=e, labels=lab) for name, e, lab in new])
+    assert batch.user_chains() == one.user_chains() == sorted(one.user_chains())
+    assert batch.dirty == one.dirty and len(one.dirty) == n
+    assert bytes(compile_table(batch).blob) == bytes(compile_table(one).blob)
 
 
 def test_a_chain_name_of_32_bytes_is_refused_when_laid_out():
