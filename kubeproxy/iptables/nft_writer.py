@@ -25,7 +25,11 @@ NETLINK_NETFILTER socket, and leaves the bytes to the pure codec (``nft_codec.py
 ``NftWriter`` is the backend's writer (same ``write(ruleset, plan)`` as the others); a
 sync it cannot encode goes through iptables-nft-restore (``WriteResult.fallback`` says
 why). The blocking netlink calls run in a worker thread, on a socket opened in the
-caller's thread (so in the caller's network namespace).
+caller's thread (so in the caller's network namespace). The socket is kept from one sync
+to the next while the caller stays in that namespace (and dropped after any failure):
+closing a NETLINK_NETFILTER socket makes nf_tables take its commit mutex and wait for the
+previous transaction's deferred release (an RCU grace period), 4-14 ms of every one-change
+sync at 10,000 services when each sync opened and closed its own.
 """
 
 from __future__ import annotations
@@ -239,9 +243,32 @@ class NftWriter:
         self.kernel = _Kernel()
         self._jumps: list[tuple[str, str, bytes, str]] | None = None
         self._busy = asyncio.Lock()
+        self._nl: Netlink | None = None
+        self._nl_ns: tuple[int, int] | None = None  # (st_dev, st_ino) of its network namespace
+        self._kernel_ns: tuple[int, int] | None = None  # the namespace ``kernel`` describes
 
     def forget(self) -> None:
         self.kernel = _Kernel()
+        self.close()
+
+    def close(self) -> None:
+        """Close the kept netlink socket (the next sync opens one)."""
+        nl, self._nl, self._nl_ns = self._nl, None, None
+        if nl is not None:
+            nl.close()
+
+    def _netlink(self) -> Netlink:
+        """The kept socket if it lives in the calling thread's network namespace, else a
+        new one opened here (so in that namespace)."""
+        st = os.stat("/proc/thread-self/ns/net")
+        ns = (st.st_dev, st.st_ino)
+        if self._nl is None or self._nl_ns != ns:
+            self.close()
+            if self._kernel_ns != ns:  # what we know is another namespace's ruleset
+                self.kernel = _Kernel()
+            self._nl, self._nl_ns = Netlink(), ns
+            self._kernel_ns = ns
+        return self._nl
 
     # -- encoding (pure) --
 
@@ -323,8 +350,8 @@ class NftWriter:
             self.encoder.merge()
         t1 = time.perf_counter()
         for attempt in (1, 2):
-            # opened here: its network namespace is this thread's, whichever thread uses it
-            nl = Netlink()
+            # opened in this thread: its network namespace is ours, whichever thread uses it
+            nl = self._netlink()
             try:
                 st = await asyncio.to_thread(self._sync_in_thread, nl, d, plan.full)
                 break
@@ -336,11 +363,9 @@ class NftWriter:
                 if attempt == 2:
                     raise
                 log.info("nf_tables changed while we wrote it; syncing again from a fresh read")
-            except Exception:
+            except BaseException:  # the socket may hold unread replies: never reuse it
                 self.forget()
                 raise
-            finally:
-                nl.close()
         res = WriteResult(
             "nft",
             st.stale,
@@ -366,7 +391,13 @@ class NftWriter:
 
     def _sync_in_thread(self, nl: Netlink, d: Desired, full: bool) -> _Stats:
         with gc_paused():
-            return self._sync(nl, d, full)
+            try:
+                return self._sync(nl, d, full)
+            except BaseException:
+                # _sync edits what we know in place: a failure anywhere (even after the
+                # caller stopped waiting) leaves nothing known
+                self.kernel = _Kernel()
+                raise
 
     def _sync(self, nl: Netlink, d: Desired, full: bool) -> _Stats:
         st = _Stats()
@@ -375,7 +406,7 @@ class NftWriter:
         g = nl.gen()
         known = k.gen == g
         if known:
-            chains = {t: dict(c) for t, c in k.chains.items()}
+            chains = k.chains  # edited in place (no copy of 30,000 names): see _sync_in_thread
         else:
             chains = nl.chains()
             st.read = {t: True for t in TABLES}
