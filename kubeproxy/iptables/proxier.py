@@ -56,22 +56,18 @@ class _Applied:
 
 class _Chains:
     """The nat service chains of the last render (``Ruleset.nat_service_chains()``), kept
-    up to date from one render to the next by the renderer's ``changed``: a chain is wanted
-    while at least one service port's rules declare it."""
+    up to date from one render to the next by the renderer's ``changed``. A chain belongs
+    to one service port (its name hashes the service port's name, and the endpoint's for a
+    KUBE-SEP), so a changed port's old chains that its new rules lack are no longer wanted."""
 
     def __init__(self) -> None:
         self.wanted: set[str] = set()
-        self._refs: dict[str, int] = {}
         self._rules: dict[ServicePortName, ServiceRules] = {}  # the last render's
         self._renderer: Renderer | None = None
 
     def rebuild(self, renderer: Renderer, rs: Ruleset) -> set[str]:
         """Start from this render; returns the last render's chains it no longer wants."""
-        refs: dict[str, int] = {}
-        for r in rs.services.values():
-            for c in set(r.chains):
-                refs[c] = refs.get(c, 0) + 1
-        old, self._refs, self.wanted = self.wanted, refs, set(refs)
+        old, self.wanted = self.wanted, rs.nat_service_chains()
         self._rules, self._renderer = rs.services, renderer
         return old - self.wanted
 
@@ -81,29 +77,19 @@ class _Chains:
         if renderer is not self._renderer:
             return None
         old_rules, new_rules = self._rules, rs.services
-        refs, wanted = self._refs, self.wanted
         dropped: set[str] = set()
+        added: set[str] = set()
         for spn in rs.changed:
-            old = old_rules.get(spn)
+            old, new = old_rules.get(spn), new_rules.get(spn)
             if old is not None:
-                for c in set(old.chains):
-                    n = refs[c] - 1
-                    if n:
-                        refs[c] = n
-                    else:
-                        del refs[c]
-                        wanted.discard(c)
-                        dropped.add(c)
-        for spn in rs.changed:
-            new = new_rules.get(spn)
+                dropped.update(old.chains)
             if new is not None:
-                for c in set(new.chains):
-                    n = refs.get(c, 0)
-                    refs[c] = n + 1
-                    if not n:
-                        wanted.add(c)
+                added.update(new.chains)
+        dropped -= added
+        self.wanted -= dropped
+        self.wanted |= added
         self._rules = new_rules
-        return dropped - wanted
+        return dropped
 
 
 class IptablesProxier(host.NodeAwareProxier):
