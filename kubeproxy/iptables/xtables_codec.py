@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain as concat
 from itertools import compress, repeat
-from operator import is_not
+from operator import is_not, itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -121,9 +121,10 @@ class Chain:
     """One chain: its rule entries (bytes) and their jump labels.
 
     Counters are carried by index: a built-in chain keeps each entry's index in the
-    kernel's table (``kidx``, -1 for a new one); a user chain is either ``fresh`` (rules
-    replaced: no counters) or still the run of entries after its head at ``head_kidx``.
-    Replace a user chain's rules only with ``set_rules`` (the compiled segment is cached).
+    kernel's table (``kidx``, -1 for a new one); a user chain whose rules are still those
+    of the kernel's table is the run of entries after its head (``Table.kfirst``).
+    Replace a user chain's rules only with ``set_rules``, then ``Table.touch`` it (the
+    compiled segment is cached, the kernel's index forgotten).
     """
 
     name: str
@@ -133,8 +134,6 @@ class Chain:
     kidx: list[int] = field(default_factory=list)  # built-in chains
     tail: bytes = b""  # built-in: the policy entry (raw); user chains: generated RETURN
     tail_kidx: int = -1
-    head_kidx: int = -1
-    fresh: bool = True
     _seg: Segment | None = field(default=None, repr=False, compare=False)
 
     def set_rules(self, entries: list[bytes], labels: list[str | None]) -> None:
@@ -142,7 +141,6 @@ class Chain:
         self.entries = entries
         self.labels = labels
         self.kidx = [-1] * len(entries) if self.hook is not None else []
-        self.fresh = True
         self._seg = None
 
     def segment(self) -> Segment:
@@ -175,6 +173,9 @@ class Table:
     valid_hooks: int
     chains: dict[str, Chain]  # built-ins (hook order) and user chains
     offsets: np.ndarray | None = None  # as parsed: every entry's offset in the kernel's blob
+    # User chain -> index of its first rule in the kernel's table, while its rules are the
+    # kernel's (counters to keep); touch/add/drop forget a chain. May hold built-in names.
+    kfirst: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     _names: list[str] | None = field(default=None, repr=False, compare=False)
     # After a compile: its layout, and the user chains changed since (None: lay out anew).
@@ -183,6 +184,8 @@ class Table:
 
     def touch(self, name: str | None) -> None:
         """``name``'s rules changed (None: a built-in chain did: the next compile is full)."""
+        if name is not None:
+            self.kfirst.pop(name, None)
         if name is None:
             self.dirty = None
         elif self.dirty is not None:
@@ -196,6 +199,7 @@ class Table:
 
     def add(self, c: Chain) -> Chain:
         self.chains[c.name] = c
+        self.kfirst.pop(c.name, None)
         if self._names is not None and c.hook is None:
             insort(self._names, c.name)
         self.touch(c.name if c.hook is None else None)
@@ -205,7 +209,7 @@ class Table:
         """``add`` for many new user chains (names not in the table yet) at once."""
         chains = self.chains
         for c in new:
-            chains[c.name] = c
+            chains[c.name] = c  # not in kfirst: it names chains of the table only
         if self._names is not None:
             if len(new) > 64:
                 self._names = None  # sorted again when next asked for
@@ -217,6 +221,7 @@ class Table:
 
     def drop(self, name: str) -> None:
         c = self.chains.pop(name)
+        self.kfirst.pop(name, None)
         self.touch(name if c.hook is None else None)
         if self._names is not None:
             i = bisect_left(self._names, name)
@@ -290,6 +295,7 @@ def parse_table(
         if valid_hooks & (1 << h):
             chains[HOOKS[h]] = Chain(HOOKS[h], hook=h)
     cur: Chain | None = None
+    kfirst: dict[str, int] = {}
     last = len(offs) - 1
     for i in range(last):
         o = offs[i]
@@ -297,8 +303,8 @@ def parse_table(
             if cur is not None and cur.hook is None:
                 _close_user_chain(cur, blob)
             cname = starts[nexts[i]]
-            cur = chains[cname] = Chain(cname, fresh=False)
-            cur.head_kidx = i
+            cur = chains[cname] = Chain(cname)
+            kfirst[cname] = i + 1
             continue
         if o in hooks_at:
             if cur is not None and cur.hook is None:
@@ -325,7 +331,7 @@ def parse_table(
         cur.kidx.append(i)
     if cur is not None and cur.hook is None:
         _close_user_chain(cur, blob)
-    return Table(name, valid_hooks, chains, offsets)
+    return Table(name, valid_hooks, chains, offsets, kfirst)
 
 
 def _close_user_chain(c: Chain, blob: bytes) -> None:
@@ -477,7 +483,8 @@ def _compile_all(t: Table) -> Compiled:
     ret = RETURN_ENTRY
     flat: list[bytes] = []
     counts: list[int] = []
-    kept: list[int] = []
+    kf = t.kfirst
+    kept = np.fromiter(map(kf.get, names, repeat(0)), dtype=np.int64, count=len(names)) - 1
     for head, c in zip(_head_entries(names), users, strict=True):
         e = c.entries
         flat.append(head)
@@ -487,12 +494,11 @@ def _compile_all(t: Table) -> Compiled:
         labels += c.labels
         labels.append(None)
         counts.append(len(e))
-        kept.append(-1 if c.fresh else c.head_kidx)
     seglen = np.asarray(counts, dtype=np.int64) + 2
     segstart = np.cumsum(seglen) - seglen + nb  # index of each user chain's head
     first.update(zip(names, (segstart + 1).tolist(), strict=True))
     # Old indices: built-ins entry by entry; a kept user chain is a run from its head.
-    run = np.repeat(np.asarray(kept, dtype=np.int64), seglen)
+    run = np.repeat(kept, seglen)
     within = np.arange(int(seglen.sum()), dtype=np.int64) - np.repeat(segstart - nb, seglen)
     old_index = np.concatenate(
         [
@@ -656,7 +662,8 @@ def _splice(t: Table, lay: Layout, dirty: list[str]) -> Compiled:
 
 
 def reindex(t: Table) -> None:
-    """After a successful replace: every entry's kernel index is its place in the new blob."""
+    """After a successful replace: every entry's kernel index is its place in the new blob
+    (built-ins entry by entry; user chains by where their first rule is, ``kfirst``)."""
     i = 0
     builtins = sorted((c for c in t.chains.values() if c.hook is not None), key=lambda c: c.hook)
     for c in builtins:
@@ -664,11 +671,15 @@ def reindex(t: Table) -> None:
         i += len(c.entries)
         c.tail_kidx = i
         i += 1
+    lay = t.layout
+    if lay is not None and lay.names == t.user_chains() and t.dirty == set():
+        t.kfirst = dict(lay.first)  # the layout just written (a copy: touch forgets)
+        return
+    kfirst = {}
     for name in t.user_chains():
-        c = t.chains[name]
-        c.head_kidx = i
-        c.fresh = False
-        i += len(c.entries) + 2
+        kfirst[name] = i + 1
+        i += len(t.chains[name].entries) + 2
+    t.kfirst = kfirst
 
 
 def same_rule(a: bytes, la: str | None, b: bytes, lb: str | None) -> bool:
@@ -1078,6 +1089,9 @@ def _entry(
     return Encoded(chain, head + body + target, label)
 
 
+_first = itemgetter(0)
+
+
 class Encoded(NamedTuple):
     """One rule: entry bytes (verdict of a jump still 0) and its jump label."""
 
@@ -1148,7 +1162,7 @@ class Encoder:
                 hit = self.templates.chains(text, shape)
                 if hit is None:
                     hit = self._general_chains(text)
-                self.encoded_lines += sum(len(g[0]) for g in hit.values())
+                self.encoded_lines += sum(map(len, map(_first, hit.values())))
             self._gused[text] = hit
         return hit
 

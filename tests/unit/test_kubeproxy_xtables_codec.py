@@ -546,3 +546,39 @@ def test_a_patched_layout_equals_a_full_one_and_maps_kept_entries(ctx):
     t.touch(svc)
     c4 = compile_table(t)
     assert bytes(c4.blob) == bytes(c3.blob)
+
+
+def _kernel_first(c) -> dict[str, int]:
+    """User chain -> index of its first rule, as the kernel's table (the compiled blob) says."""
+    back = parse_table("nat", 0b11011, c.hook_entry, c.underflow, bytes(c.blob))
+    return back.kfirst
+
+
+def test_reindex_from_the_layout_gives_the_kernels_indices_full_and_patched():
+    enc = Encoder()
+    t = build_table(CONTEXTS["cluster-cidr"])
+    c = compile_table(t)
+    reindex(t)  # from the layout just compiled
+    users = set(t.user_chains())
+    assert {k: v for k, v in t.kfirst.items() if k in users} == _kernel_first(c)
+    slow = build_table(CONTEXTS["cluster-cidr"])
+    slow.dirty = None  # no usable layout: counted chain by chain
+    reindex(slow)
+    assert slow.kfirst == _kernel_first(c)
+    # a patched layout (one chain rewritten, one added) reindexes the same way
+    sep = next(n for n in t.user_chains() if n.startswith("KUBE-SEP-"))
+    leaving = len(t.chains[sep].entries) + 2
+    x = enc.line(f"-A {sep} -s 10.9.9.9 -j KUBE-MARK-MASQ")
+    t.chains[sep].set_rules([x.entry, *t.chains[sep].entries], [x.label, *t.chains[sep].labels])
+    t.touch(sep)
+    assert sep not in t.kfirst  # its counters are not kept
+    t.add(Chain("KUBE-SEP-AAAAAAAAAAAAAAAA"))
+    c2 = compile_table(t)  # patched
+    assert (c2.old_index >= 0).sum() == c.num_entries - leaving
+    t.dirty = None
+    c3 = compile_table(t)  # laid out anew: the kept runs come from kfirst
+    assert bytes(c3.blob) == bytes(c2.blob)
+    assert (c3.old_index[:-1] == c2.old_index[:-1]).all()  # the final ERROR entry aside
+    reindex(t)
+    users = set(t.user_chains())
+    assert {k: v for k, v in t.kfirst.items() if k in users} == _kernel_first(c3)
