@@ -116,7 +116,7 @@ class BlobError(ValueError):
 # -- table model ----------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Chain:
     """One chain: its rule entries (bytes) and their jump labels.
 
