@@ -79,7 +79,7 @@ def dp_build() -> None:
         sh("ip", "route", "add", "default", "via", "10.244.1.1", ns=pod)
 
 
-def dp_program() -> None:
+def dp_program(backend: str) -> None:
     """Program the node with our proxier: VIP:80 -> server:8080, VIP:5201 -> server:5201."""
     services, endpoints = {}, {}
     for name, port, tport in (("http", 80, 8080), ("iperf", 5201, 5201)):
@@ -90,13 +90,19 @@ def dp_program() -> None:
         "import asyncio,pickle,sys\n"
         "from kubeproxy.config import ProxyConfig\nfrom kubeproxy.iptables.proxier import IptablesProxier\n"
         "s,e=pickle.loads(sys.stdin.buffer.read())\n"
-        "p=IptablesProxier(ProxyConfig(hostname_override='node',cluster_cidr='10.244.0.0/16'))\n"
+        "p=IptablesProxier(ProxyConfig(hostname_override='node',cluster_cidr='10.244.0.0/16',\n"
+        f"  iptables_backend={backend!r}))\n"
         "asyncio.run(p.sync(s,e))\n"
     )
     import pickle
 
     subprocess.run(["ip", "netns", "exec", NODE, PY, "-c", code], input=pickle.dumps((services, endpoints)),
                    check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+
+
+def dp_unprogram() -> None:
+    """Remove the node's KUBE- rules (both x_tables and nf_tables) before the next backend."""
+    sh("ip", "netns", "exec", NODE, PY, "-m", "kubeproxy", "--cleanup", check=False)
 
 
 def wrk(url: str, seconds: int) -> dict:
@@ -114,7 +120,9 @@ def iperf(host: str, port: int, seconds: int) -> float:
     return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
-def dataplane(seconds: int, rounds: int) -> dict:
+def dataplane(seconds: int, rounds: int, backends: list[str]) -> dict:
+    """Direct vs ClusterIP rounds for each backend in turn; ratios against the direct runs
+    of the same backend's rounds (the same minutes)."""
     dp_build()
     procs = []
     try:
@@ -123,36 +131,46 @@ def dataplane(seconds: int, rounds: int) -> dict:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         procs.append(subprocess.Popen(["ip", "netns", "exec", SERVER, "iperf3", "-s", "-p", "5201"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        dp_program()
-        deadline = time.monotonic() + 10
-        while sh("curl", "-s", "-m", "1", f"http://{VIP}/", ns=CLIENT, check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server pod is not reachable through its ClusterIP")
-            time.sleep(0.1)
-        res: dict[str, list] = {"direct": [], "clusterip": []}
-        tput: dict[str, list] = {"direct": [], "clusterip": []}
-        for _ in range(rounds):
-            for kind, url, host, port in (("direct", f"http://{IPS[SERVER]}:8080/", IPS[SERVER], 5201),
-                                          ("clusterip", f"http://{VIP}:80/", VIP, 5201)):
-                res[kind].append(wrk(url, seconds))
-                tput[kind].append(iperf(host, port, seconds))
         out = {}
-        for kind in res:
-            out[kind] = {
-                "rps": statistics.median(r["rps"] for r in res[kind]),
-                "p50_ms": statistics.median(r["p50_ms"] for r in res[kind]),
-                "p99_ms": statistics.median(r["p99_ms"] for r in res[kind]),
-                "tcp_gbps": statistics.median(tput[kind]),
-            }
-        d, c = out["direct"], out["clusterip"]
-        out["ratio"] = {"rps": c["rps"] / d["rps"], "p50": c["p50_ms"] / d["p50_ms"], "p99": c["p99_ms"] / d["p99_ms"],
-                        "tcp": c["tcp_gbps"] / d["tcp_gbps"]}
+        for backend in backends:
+            dp_program(backend)
+            try:
+                out[backend] = _dp_rounds(seconds, rounds)
+            finally:
+                dp_unprogram()
         return out
     finally:
         for p in procs:
             p.terminate()
             p.wait()
         dp_teardown()
+
+
+def _dp_rounds(seconds: int, rounds: int) -> dict:
+    deadline = time.monotonic() + 10
+    while sh("curl", "-s", "-m", "1", f"http://{VIP}/", ns=CLIENT, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server pod is not reachable through its ClusterIP")
+        time.sleep(0.1)
+    res: dict[str, list] = {"direct": [], "clusterip": []}
+    tput: dict[str, list] = {"direct": [], "clusterip": []}
+    for _ in range(rounds):
+        for kind, url, host, port in (("direct", f"http://{IPS[SERVER]}:8080/", IPS[SERVER], 5201),
+                                      ("clusterip", f"http://{VIP}:80/", VIP, 5201)):
+            res[kind].append(wrk(url, seconds))
+            tput[kind].append(iperf(host, port, seconds))
+    out = {}
+    for kind in res:
+        out[kind] = {
+            "rps": statistics.median(r["rps"] for r in res[kind]),
+            "p50_ms": statistics.median(r["p50_ms"] for r in res[kind]),
+            "p99_ms": statistics.median(r["p99_ms"] for r in res[kind]),
+            "tcp_gbps": statistics.median(tput[kind]),
+        }
+    d, c = out["direct"], out["clusterip"]
+    out["ratio"] = {"rps": c["rps"] / d["rps"], "p50": c["p50_ms"] / d["p50_ms"], "p99": c["p99_ms"] / d["p99_ms"],
+                    "tcp": c["tcp_gbps"] / d["tcp_gbps"]}
+    return out
 
 
 # -- (2) rule programming ------------------------------------------------------------------
@@ -397,26 +415,35 @@ async def rule_programming(sizes: list[int], backends: list[str], reps: int, nft
 @click.option("--changes", default=5, show_default=True, help="one-endpoint changes timed per size/backend")
 @click.option("--seconds", default=5, show_default=True, help="duration of each wrk/iperf3 run")
 @click.option("--rounds", default=2, show_default=True, help="alternating direct/ClusterIP rounds")
+@click.option("--dataplane-backends", default="legacy,nft", show_default=True,
+              help="backends the data path is measured through, one after the other")
 @click.option("--skip-dataplane", is_flag=True)
 @click.option("--skip-rules", is_flag=True)
 @click.option("--libiptc-size", default=1000, show_default=True, help="services for the python-iptables comparison (0 skips)")
 @click.option("--json", "json_path", default="kubeproxy-bench.json", show_default=True)
-def main(sizes, backends, reps, nft_reps, changes, seconds, rounds, skip_dataplane, skip_rules, libiptc_size, json_path):
+def main(sizes, backends, reps, nft_reps, changes, seconds, rounds, dataplane_backends, skip_dataplane, skip_rules,
+         libiptc_size, json_path):
     """Benchmark kube-netlab's kube-proxy iptables mode (root; uses namespaces kpb-*)."""
     if os.geteuid() != 0:
         raise click.UsageError("needs root (network namespaces)")
     report: dict = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}}
     if not skip_dataplane:
-        console.log("data path: wrk + iperf3, direct vs ClusterIP")
-        report["dataplane"] = dp = dataplane(seconds, rounds)
+        dp_backends = dataplane_backends.split(",")
+        for b in dp_backends:
+            if b not in ("legacy", "legacy-restore", "nft", "nft-restore"):
+                raise click.BadParameter(f"unknown backend {b!r}", param_hint="--dataplane-backends")
+        console.log(f"data path: wrk + iperf3, direct vs ClusterIP, through {', '.join(dp_backends)}")
+        report["dataplane"] = dp = dataplane(seconds, rounds, dp_backends)
         t = Table(title="Data path: pod -> pod directly vs through its ClusterIP (iptables mode)")
-        for c in ("", "requests/s", "p50 ms", "p99 ms", "TCP Gbit/s"):
+        for c in ("backend", "", "requests/s", "p50 ms", "p99 ms", "TCP Gbit/s"):
             t.add_column(c, justify="right")
-        for k in ("direct", "clusterip"):
-            d = dp[k]
-            t.add_row(k, f"{d['rps']:.0f}", f"{d['p50_ms']:.3f}", f"{d['p99_ms']:.3f}", f"{d['tcp_gbps']:.2f}")
-        r = dp["ratio"]
-        t.add_row("ClusterIP / direct", f"{r['rps']:.3f}", f"{r['p50']:.3f}", f"{r['p99']:.3f}", f"{r['tcp']:.3f}")
+        for b, per in dp.items():
+            for k in ("direct", "clusterip"):
+                d = per[k]
+                t.add_row(b, k, f"{d['rps']:.0f}", f"{d['p50_ms']:.3f}", f"{d['p99_ms']:.3f}", f"{d['tcp_gbps']:.2f}")
+            r = per["ratio"]
+            t.add_row(b, "ClusterIP / direct", f"{r['rps']:.3f}", f"{r['p50']:.3f}", f"{r['p99']:.3f}", f"{r['tcp']:.3f}",
+                      end_section=True)
         console.print(t)
     if not skip_rules:
         from pyroute2 import netns
