@@ -9,7 +9,10 @@ assembles the text for ``iptables-restore --noflush``; ``render()`` is the one-s
 
 No I/O here. A ``Renderer`` only memoises: each service port's share of the rules is cached
 keyed by (service, endpoints, context), so after a one-endpoint change only that service
-is rendered again and the ruleset is re-assembled by joining cached strings.
+is rendered again. Told which service ports changed (``render(..., changed=)``), it looks
+at those only and edits the last ruleset (sorted order, endpoint total, top-level texts)
+instead of walking and re-joining every service port: the same result, in time
+proportional to the change.
 
 Layout (nat): PREROUTING/OUTPUT -> KUBE-SERVICES -> per service port KUBE-SVC-<h> (cluster
 policy) or KUBE-SVL-<h> (local policy) -> KUBE-SEP-<h> (one per endpoint: hairpin mark,
@@ -23,6 +26,7 @@ KUBE-NODEPORTS accepts health-check node ports.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -601,6 +605,8 @@ class Ruleset:
     nat_top: dict[str, str]  # chain -> rules (NAT_CHAINS)
     services: dict[ServicePortName, ServiceRules]  # sorted by name
     changed: frozenset[ServicePortName] = field(default_factory=frozenset)  # vs previous render
+    # the previous render's rules of the changed service ports that had rules there
+    previous: dict[ServicePortName, ServiceRules] = field(default_factory=dict)
 
     def nat_service_chains(self) -> set[str]:
         return {c for r in self.services.values() for c in r.chains}
@@ -654,31 +660,74 @@ def _spn_key(s: ServicePortName) -> tuple[str, str, str, str]:
 
 
 class Renderer:
-    """Memoising renderer: the same inputs always give the same ``Ruleset``."""
+    """Memoising renderer: the same inputs always give the same ``Ruleset``.
+
+    Each service port's rules are cached with the (service, endpoints, context, layout)
+    they were rendered from. ``render`` without ``changed`` walks every service port and
+    re-renders the ones whose inputs differ; with ``changed`` it looks at those service
+    ports only and edits its state in place (sorted order by bisection, the endpoint total
+    that picks the large-cluster layout, the joined top-level texts, re-joined only when a
+    changed port's fragment of them differs). A new node context or layout, or a failed
+    render, makes the next render walk everything again.
+    """
 
     def __init__(self) -> None:
         self._cache: dict[
             ServicePortName, tuple[ServicePortInfo, tuple[Endpoint, ...], NodeContext, bool, ServiceRules]
         ] = {}
         self._order: list[ServicePortName] = []  # the cache's keys, sorted
+        # The last render, complete: its context (None: no such render, or one that failed
+        # half way: the next one walks everything), layout, endpoint total, rules in sorted
+        # order, and top-level texts. The dicts were handed out in the last Ruleset: they
+        # are copied before an edit, never changed in place.
+        self._ctx: NodeContext | None = None
+        self._large = False
+        self._n_eps = 0
+        self._out: dict[ServicePortName, ServiceRules] = {}
+        self._joined: dict[str, str] = {}  # ServiceRules fragment attribute -> joined
+        self._filter_top: dict[str, str] = {}
+        self._nat_top: dict[str, str] = {}
 
     def render(
         self,
         services: Mapping[ServicePortName, ServicePortInfo],
         endpoints: Mapping[ServicePortName, tuple[Endpoint, ...]],
         ctx: NodeContext,
+        changed: Iterable[ServicePortName] | None = None,
     ) -> Ruleset:
-        # a partial sync re-renders one service among thousands: the walk below is its cost,
-        # so the endpoint count and the sort are done in C where they can be skipped
+        """The ruleset of these maps; ``Ruleset.changed`` is relative to the last call.
+
+        ``changed``: every service port whose entries in the maps may differ from the maps
+        of this renderer's previous call (every other key maps to the same or equal
+        entries there); only those are looked at. Without it every entry is compared.
+        """
+        # until this render is complete: a failed one makes the next walk everything
+        last, self._ctx = self._ctx, None
+        if changed is not None and last is not None and ctx == last:
+            rs = self._render_changed(services, endpoints, ctx, changed)
+            if rs is not None:
+                return rs
+        return self._render_all(services, endpoints, ctx, last is not None)
+
+    def _render_all(
+        self,
+        services: Mapping[ServicePortName, ServicePortInfo],
+        endpoints: Mapping[ServicePortName, tuple[Endpoint, ...]],
+        ctx: NodeContext,
+        valid: bool,
+    ) -> Ruleset:
+        """Every service port looked at (``valid``: the state is a complete last render's)."""
         # The endpoints map's keys are other (equal) objects than the services map's: each
         # lookup compares the two keys field by field, so it is done once per service port.
         eps_of = dict(zip(services, map(endpoints.get, services, repeat(())), strict=True))
-        large = sum(map(len, eps_of.values())) > LARGE_CLUSTER_ENDPOINTS
-        if services.keys() != self._cache.keys():  # the last render's service ports
+        n_eps = sum(map(len, eps_of.values()))
+        large = n_eps > LARGE_CLUSTER_ENDPOINTS
+        if not valid or services.keys() != self._cache.keys():  # the last render's ports
             self._order = sorted(services, key=_spn_key)
         old = self._cache
         new: dict = {}
         changed: set[ServicePortName] = set()
+        previous: dict[ServicePortName, ServiceRules] = {}
         out: dict[ServicePortName, ServiceRules] = {}
         for spn in self._order:
             svc = services[spn]
@@ -694,26 +743,140 @@ class Renderer:
                 rules = hit[4]
             else:
                 rules = render_service(svc, eps, ctx, large)
-                if hit is None or hit[4] != rules:
+                if hit is None:
                     changed.add(spn)
+                elif hit[4] != rules:
+                    changed.add(spn)
+                    previous[spn] = hit[4]
             new[spn] = (svc, eps, ctx, large, rules)
             out[spn] = rules
-        changed.update(s for s in old if s not in new)
+        for s, hit in old.items():
+            if s not in new:
+                changed.add(s)
+                previous[s] = hit[4]
         self._cache = new
 
         values = out.values()
-        filter_top = {
-            KUBE_SERVICES: "".join(r.filter_services for r in values),
-            KUBE_EXTERNAL_SERVICES: "".join(r.filter_external for r in values),
-            KUBE_FORWARD: _forward(ctx),
-            KUBE_NODEPORTS: "".join(r.filter_nodeports for r in values),
-        }
-        nat_top = {
-            KUBE_SERVICES: "".join(r.nat_services for r in values) + _nodeports_tail(ctx),
-            KUBE_NODEPORTS: "".join(r.nat_nodeports for r in values),
-            **_static_nat(ctx),
-        }
-        return Ruleset(filter_top, nat_top, out, frozenset(changed))
+        self._joined = {a: "".join(map(attrgetter(a), values)) for a in _FRAGMENTS}
+        self._filter_top = {KUBE_FORWARD: _forward(ctx)}
+        self._nat_top = _static_nat(ctx)
+        for a in _FRAGMENTS:
+            self._set_top(a, ctx)
+        self._out, self._n_eps, self._large, self._ctx = out, n_eps, large, ctx
+        return self._ruleset(changed, previous)
+
+    def _render_changed(
+        self,
+        services: Mapping[ServicePortName, ServicePortInfo],
+        endpoints: Mapping[ServicePortName, tuple[Endpoint, ...]],
+        ctx: NodeContext,
+        changed: Iterable[ServicePortName],
+    ) -> Ruleset | None:
+        """``_render_all``'s result when only ``changed`` may differ since the last render
+        (same context; None: the layout changes, render everything; the state is as the
+        last render left it)."""
+        cache = self._cache
+        n_eps = self._n_eps
+        todo: list[tuple[ServicePortName, ServicePortInfo | None, tuple[Endpoint, ...], tuple | None]] = []
+        for spn in set(changed):
+            hit = cache.get(spn)
+            svc = services.get(spn)
+            if svc is None:
+                if hit is not None:  # removed
+                    n_eps -= len(hit[1])
+                    todo.append((spn, None, (), hit))
+                continue
+            eps = endpoints.get(spn, ())
+            if hit is not None:
+                if (hit[0] is svc or hit[0] == svc) and (hit[1] is eps or hit[1] == eps):
+                    continue  # every cached entry has this render's context and layout
+                n_eps -= len(hit[1])
+            n_eps += len(eps)
+            todo.append((spn, svc, eps, hit))
+        large = n_eps > LARGE_CLUSTER_ENDPOINTS
+        if large != self._large:  # every service port's rules change layout
+            return None
+        rendered = [
+            (spn, svc, eps, hit, None if svc is None else render_service(svc, eps, ctx, large))
+            for spn, svc, eps, hit in todo
+        ]
+
+        order = self._order  # edited in place from here on
+        out = self._out.copy()  # the last Ruleset's: not edited
+        appended_only = True  # ``out`` is still in sorted order
+        changed_now: set[ServicePortName] = set()
+        previous: dict[ServicePortName, ServiceRules] = {}
+        edited: set[str] = set()  # fragment attributes whose joined text changes
+        for spn, svc, eps, hit, rules in rendered:
+            old = None if hit is None else hit[4]
+            if rules is None:
+                del cache[spn], out[spn]
+                del order[self._index(spn)]
+            elif old is None:
+                cache[spn] = (svc, eps, ctx, large, rules)
+                i = bisect_left(order, _spn_key(spn), key=_spn_key)
+                order.insert(i, spn)
+                out[spn] = rules  # at the end of the dict: in order if last in ``order``
+                appended_only = appended_only and i == len(order) - 1
+            elif old == rules:
+                cache[spn] = (svc, eps, ctx, large, old)
+                continue
+            else:
+                cache[spn] = (svc, eps, ctx, large, rules)
+                out[spn] = rules
+            changed_now.add(spn)
+            if old is not None:
+                previous[spn] = old
+            for a in _FRAGMENTS:
+                if getattr(old, a, "") != getattr(rules, a, ""):
+                    edited.add(a)
+        if not appended_only:
+            out = dict(zip(order, map(out.__getitem__, order), strict=True))
+        self._out = out
+        if edited:
+            self._joined = joined = dict(self._joined)
+            self._filter_top, self._nat_top = dict(self._filter_top), dict(self._nat_top)
+            values = out.values()
+            for a in edited:
+                joined[a] = "".join(map(attrgetter(a), values))
+                self._set_top(a, ctx)
+        self._n_eps, self._ctx = n_eps, ctx
+        return self._ruleset(changed_now, previous)
+
+    def _index(self, spn: ServicePortName) -> int:
+        """Where a cached service port is in ``_order``."""
+        i = bisect_left(self._order, _spn_key(spn), key=_spn_key)
+        if i == len(self._order) or self._order[i] != spn:
+            raise RuntimeError(f"iptables renderer: {spn} missing from the sorted order")
+        return i
+
+    def _set_top(self, attr: str, ctx: NodeContext) -> None:
+        """The top-level text made of the fragment ``attr`` (joined in ``_joined``)."""
+        table, chain = _FRAGMENTS[attr]
+        text = self._joined[attr]
+        if table == "filter":
+            self._filter_top[chain] = text
+        elif chain == KUBE_SERVICES:
+            self._nat_top[chain] = text + _nodeports_tail(ctx)
+        else:
+            self._nat_top[chain] = text
+
+    def _ruleset(
+        self, changed: set[ServicePortName], previous: dict[ServicePortName, ServiceRules]
+    ) -> Ruleset:
+        filter_top = {c: self._filter_top[c] for c in FILTER_CHAINS}
+        nat_top = {c: self._nat_top[c] for c in NAT_CHAINS}
+        return Ruleset(filter_top, nat_top, self._out, frozenset(changed), previous)
+
+
+# ServiceRules attribute -> the top-level chain it is a fragment of (joined in sorted order)
+_FRAGMENTS: dict[str, tuple[str, str]] = {
+    "filter_services": ("filter", KUBE_SERVICES),
+    "filter_external": ("filter", KUBE_EXTERNAL_SERVICES),
+    "filter_nodeports": ("filter", KUBE_NODEPORTS),
+    "nat_services": ("nat", KUBE_SERVICES),
+    "nat_nodeports": ("nat", KUBE_NODEPORTS),
+}
 
 
 def render(
