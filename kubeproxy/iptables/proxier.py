@@ -8,11 +8,12 @@ changed, and deletes the chains we installed that are no longer wanted; that kee
 one-endpoint change small even with 10,000 services.
 
 A partial sync also keeps its own bookkeeping off the O(services) path: the set of wanted
-nat chains is kept up to date from the renderer's ``changed`` (``_Chains``; recomputed on
-full syncs), and the stale-UDP-conntrack diff and the endpoint count look only at the
-service ports the runner says changed (``sync(..., changed=)``, with their previous
-entries; then the maps are the runner's own, used during the call and never kept).
-Without ``changed`` the maps are kept and the next sync compares every entry with them.
+nat chains is kept up to date from the renderer's ``changed`` and ``previous``
+(``_Chains``; recomputed on full syncs), and the render, the stale-UDP-conntrack diff and
+the endpoint count look only at the service ports the runner says changed (``sync(...,
+changed=)``, with their previous entries; then the maps are the runner's own, used during
+the call and never kept). Without ``changed`` the maps are kept and the next sync compares
+every entry with them; a full sync always renders from every entry.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .. import conntrack, host
 from ..config import ProxyConfig
 from .apply import Applier, RestoreWriter, SyncPlan, WriteResult
 from .cleanup import cleanup as cleanup_tables
-from .render import FILTER_CHAINS, NAT_CHAINS, NodeContext, Renderer, Ruleset, ServiceRules
+from .render import FILTER_CHAINS, NAT_CHAINS, NodeContext, Renderer, Ruleset
 from .xtables_codec import gc_paused
 
 log = logging.getLogger("kubeproxy")
@@ -56,19 +57,19 @@ class _Applied:
 
 class _Chains:
     """The nat service chains of the last render (``Ruleset.nat_service_chains()``), kept
-    up to date from one render to the next by the renderer's ``changed``. A chain belongs
-    to one service port (its name hashes the service port's name, and the endpoint's for a
-    KUBE-SEP), so a changed port's old chains that its new rules lack are no longer wanted."""
+    up to date from one render to the next by the renderer's ``changed`` and ``previous``.
+    A chain belongs to one service port (its name hashes the service port's name, and the
+    endpoint's for a KUBE-SEP), so a changed port's old chains that its new rules lack are
+    no longer wanted."""
 
     def __init__(self) -> None:
         self.wanted: set[str] = set()
-        self._rules: dict[ServicePortName, ServiceRules] = {}  # the last render's
         self._renderer: Renderer | None = None
 
     def rebuild(self, renderer: Renderer, rs: Ruleset) -> set[str]:
         """Start from this render; returns the last render's chains it no longer wants."""
         old, self.wanted = self.wanted, rs.nat_service_chains()
-        self._rules, self._renderer = rs.services, renderer
+        self._renderer = renderer
         return old - self.wanted
 
     def follow(self, renderer: Renderer, rs: Ruleset) -> set[str] | None:
@@ -76,7 +77,7 @@ class _Chains:
         wanted (None: not the same renderer's next render, call ``rebuild``)."""
         if renderer is not self._renderer:
             return None
-        old_rules, new_rules = self._rules, rs.services
+        old_rules, new_rules = rs.previous, rs.services
         dropped: set[str] = set()
         added: set[str] = set()
         for spn in rs.changed:
@@ -88,7 +89,6 @@ class _Chains:
         dropped -= added
         self.wanted -= dropped
         self.wanted |= added
-        self._rules = new_rules
         return dropped
 
 
@@ -145,7 +145,7 @@ class IptablesProxier(host.NodeAwareProxier):
                 for k, v in changed.items():
                     before.setdefault(k, v)  # the entries as the last successful sync saw them
         try:
-            await self._sync(services, endpoints, changed is not None)
+            await self._sync(services, endpoints, None if changed is None else self._before)
         except Exception:
             self._need_full = True  # our idea of the kernel's state is no longer reliable
             raise
@@ -154,12 +154,17 @@ class IptablesProxier(host.NodeAwareProxier):
         self,
         services: dict[ServicePortName, ServicePortInfo],
         endpoints: dict[ServicePortName, tuple[Endpoint, ...]],
-        hinted: bool,
+        before: Changed | None,
     ) -> None:
         t0 = time.perf_counter()
+        hinted = before is not None
         full = self._need_full or (time.monotonic() - self._last_full >= self.config.sync_period)
+        # A partial sync follows a successful one, whose render was this renderer's last
+        # (or the renderer is new and renders everything): what changed since then is in
+        # ``before``. A full sync renders from every entry (and so repairs any drift).
+        hint = None if full else before
         with gc_paused():  # thousands of small objects per service port: no GC passes meanwhile
-            ruleset = self.renderer.render(services, endpoints, self.context())
+            ruleset = self.renderer.render(services, endpoints, self.context(), changed=hint)
         dropped = None if full else self._chains.follow(self.renderer, ruleset)
         if dropped is None:
             dropped = self._chains.rebuild(self.renderer, ruleset)

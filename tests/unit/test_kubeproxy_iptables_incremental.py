@@ -1,11 +1,12 @@
 """The iptables proxier's incremental bookkeeping equals a from-scratch computation.
 
 A partial sync keeps the wanted nat chains up to date from the renderer's ``changed`` and
-looks at the runner's ``changed`` service ports only for the stale-conntrack diff and the
-endpoint count, on maps it must not keep (the caller edits them after the call). Random
-adds, removes, endpoint swaps, UDP ports, failed writes and a new renderer: every plan,
-deletion list and count must be what the old O(services) code computed from copies of
-the whole maps (the reference below is that code, written out).
+``previous`` and looks at the runner's ``changed`` service ports only for the render, the
+stale-conntrack diff and the endpoint count, on maps it must not keep (the caller edits
+them after the call). Random adds, removes, endpoint swaps, UDP ports, failed writes and a
+new renderer: every ruleset must be a fresh renderer's, and every plan, deletion list and
+count what the old O(services) code computed from copies of the whole maps (the reference
+below is that code, written out).
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ class Reference:
         self.services: dict = {}
         self.endpoints: dict = {}
 
-    def check(self, rs, plan, services, endpoints, deletions, stats) -> None:
+    def check(self, rs, plan, services, endpoints, deletions, stats, ctx) -> None:
         services, endpoints = dict(services), dict(endpoints)  # the caller edits its own
+        # the renderer, told what changed, renders what a fresh one renders
+        assert rs.restore_input() == Renderer().render(services, endpoints, ctx).restore_input()
         wanted = rs.nat_service_chains()
         assert set(plan.wanted) == wanted
         if not plan.full:
@@ -127,7 +130,7 @@ async def test_incremental_plans_and_conntrack_equal_a_from_scratch_computation(
         rs, plan = w.writes[-1]
         partial_syncs += not plan.full
         found = deletions[before] if len(deletions) > before else []
-        ref.check(rs, plan, services, endpoints, found, p.last)
+        ref.check(rs, plan, services, endpoints, found, p.last, p.context())
         # next state: a handful of adds, removes, endpoint swaps and service edits
         changed = {}
         for _ in range(rng.randrange(1, 5)):
