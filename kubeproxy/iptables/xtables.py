@@ -55,6 +55,7 @@ from .xtables_codec import (
     Table,
     compile_table,
     gc_paused,
+    mask_words,
     masked,
     parse_table,
     reindex,
@@ -147,10 +148,21 @@ def get_info(sock: socket.socket, table: str) -> Info:
 
 
 def get_entries(sock: socket.socket, table: str, size: int) -> bytes:
+    buf = _get_entries_buf(sock, table, size)
+    return ctypes.string_at(ctypes.addressof(buf) + _GET_ENTRIES_HDR, size)
+
+
+def get_entry_words(sock: socket.socket, table: str, size: int) -> np.ndarray:
+    """``get_entries`` as a writable u32 array over the sockopt's own buffer (no copy)."""
+    buf = _get_entries_buf(sock, table, size)
+    return np.frombuffer(buf, dtype="<u4", count=size // 4, offset=_GET_ENTRIES_HDR)
+
+
+def _get_entries_buf(sock: socket.socket, table: str, size: int) -> ctypes.Array:
     buf = ctypes.create_string_buffer(_GET_ENTRIES_HDR + size)
     struct.pack_into("<32sI", buf, 0, _table_name(table), size)
     _getsockopt(sock.fileno(), IPT_SO_GET_ENTRIES, buf)
-    return ctypes.string_at(ctypes.addressof(buf) + _GET_ENTRIES_HDR, size)
+    return buf
 
 
 def read_table(sock: socket.socket, table: str) -> tuple[Info, Table]:
@@ -312,12 +324,16 @@ class _Written:
     table: Table
     offsets: np.ndarray
     blob: bytes | bytearray | memoryview  # as we wrote or read it (masked only when compared)
+    clean: bool = False  # blob's counters and comefrom are zero (as compiled): no mask needed
     _words: np.ndarray | None = None
 
     def words(self) -> np.ndarray:
         if self._words is None:
-            self._words = masked(self.blob, self.offsets)
-            self.blob = b""
+            if self.clean:  # a view of the blob we wrote (kept unchanged: the next patch reads it)
+                self._words = np.frombuffer(self.blob, dtype="<u4")
+            else:
+                self._words = masked(self.blob, self.offsets)
+                self.blob = b""
         return self._words
 
 
@@ -356,10 +372,14 @@ class TableWriter:
         if last is not None and last.info == info:
             if not reread:
                 return info, last.table, last
-            blob = get_entries(sock, table, info.size)
+            # Compared in the sockopt's buffer, masked in place (no copies of the blob);
+            # if it differs the table is read again below, as bytes, to be parsed.
+            words = get_entry_words(sock, table, info.size)
             st.read = True
-            if np.array_equal(masked(blob, last.offsets), last.words()):
+            if np.array_equal(mask_words(words, last.offsets), last.words()):
                 return info, last.table, last
+            del words
+            blob = get_entries(sock, table, info.size)  # still under the lock: the same table
         else:
             st.read = True
             try:
@@ -415,7 +435,7 @@ class TableWriter:
         reindex(t)
         after = get_info(sock, table)  # still under the lock: this is the table we wrote
         if after.num_entries == c.num_entries and after.size == len(c.blob):
-            self._last[table] = _Written(after, t, c.offsets, c.blob)
+            self._last[table] = _Written(after, t, c.offsets, c.blob, clean=True)
         st.read_s, st.compile_s, st.kernel_s = t1 - t0, t2 - t1, t3 - t2
         st.entries, st.bytes = c.num_entries, len(c.blob)
         return st

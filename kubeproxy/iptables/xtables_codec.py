@@ -418,9 +418,13 @@ HEADROOM = 96  # sizeof(struct ipt_replace): the blob is built right behind it, 
 def masked(blob: bytes | bytearray | memoryview, offsets: np.ndarray) -> np.ndarray:
     """The blob as u32 words with every entry's comefrom and counters zeroed (for comparing
     what the kernel holds with what we wrote: the kernel keeps everything else as given)."""
-    a = np.frombuffer(blob, dtype="<u4").copy()
-    a[(offsets[:, None] // 4 + np.arange(OFF_COMEFROM // 4, ENTRY_SIZE // 4)).ravel()] = 0
-    return a
+    return mask_words(np.frombuffer(blob, dtype="<u4").copy(), offsets)
+
+
+def mask_words(words: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``masked`` in place, on a writable u32 view of a blob (returned)."""
+    words[(offsets[:, None] // 4 + np.arange(OFF_COMEFROM // 4, ENTRY_SIZE // 4)).ravel()] = 0
+    return words
 
 
 SPLICE_MAX = 256  # more changed chains than this: lay the whole table out again
@@ -521,16 +525,18 @@ def _compile_all(t: Table) -> Compiled:
     jumping = list(map(is_not, labels, repeat(None)))
     ji = np.flatnonzero(np.fromiter(jumping, dtype=bool, count=len(labels)))
     if len(ji):
+        first[FALLTHROUGH] = -1  # for the lookup only (no chain has that name)
         try:
-            dest = [
-                -1 if lab is FALLTHROUGH else first[lab]  # type: ignore[index]
-                for lab in compress(labels, jumping)
-            ]
+            dest = np.fromiter(
+                map(first.__getitem__, compress(labels, jumping)), dtype=np.int64, count=len(ji)
+            )
         except KeyError as e:
             raise BlobError(
                 f"{t.name}: a rule jumps to chain {e.args[0]}, which does not exist"
             ) from None
-        dests = np.asarray(dest, dtype=np.int64)
+        finally:
+            del first[FALLTHROUGH]
+        dests = dest
         _relocate(blob, ji, dests, offs, ends)
     else:
         dests = ji

@@ -221,7 +221,15 @@ def _hash(services: dict, s) -> str:
     return service_chain(s)[len("KUBE-SVC-") :]
 
 
-def test_partial_sync_uses_the_cached_table_unless_someone_else_wrote(pair):
+def test_partial_sync_uses_the_cached_table_unless_someone_else_wrote(pair, monkeypatch):
+    parsed: list[str] = []
+    parse = xtables.parse_table
+
+    def counting_parse(name, *args):
+        parsed.append(name)
+        return parse(name, *args)
+
+    monkeypatch.setattr(xtables, "parse_table", counting_parse)
     load_foreign()
     t = Twin()
     services, endpoints = scenario()
@@ -247,10 +255,13 @@ def test_partial_sync_uses_the_cached_table_unless_someone_else_wrote(pair):
         w = t.direct.last.write.tables_read
         assert w == {"nat": k == 1}, w
     assert "-A FLANNEL-POSTRTG -s 192.0.2.88/32 -j RETURN" in saved(DIRECT)
-    # a full resync of an unchanged table reads it, finds it as written, and writes nothing
+    # a full resync of an unchanged table reads it, finds it as written (without parsing
+    # it again), and writes nothing
+    parsed.clear()
     t.sync(services, endpoints, full=True)
     assert t.direct.last.write.tables_read == {"filter": True, "nat": True}
     assert t.direct.last.write.tables_written == {"filter": False, "nat": False}
+    assert parsed == []
     # a same-size edit by hand (GET_INFO cannot see it) is found by the next full sync
     for ns in (DIRECT, RESTORE):
         run(
@@ -269,6 +280,7 @@ def test_partial_sync_uses_the_cached_table_unless_someone_else_wrote(pair):
     assert "--or-mark 0x8000" in saved(DIRECT) or "0x8000/0x8000" in saved(DIRECT)
     t.sync(services, endpoints, full=True)
     assert t.direct.last.write.tables_written == {"filter": False, "nat": True}
+    assert "nat" in parsed  # read again and parsed: our model no longer matched
     assert "0x8000" not in saved(DIRECT)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
@@ -32,6 +33,7 @@ from kubeproxy.iptables.xtables_codec import (
     Table,
     compile_table,
     describe,
+    masked,
     parse_table,
     reindex,
 )
@@ -582,3 +584,26 @@ def test_reindex_from_the_layout_gives_the_kernels_indices_full_and_patched():
     reindex(t)
     users = set(t.user_chains())
     assert {k: v for k, v in t.kfirst.items() if k in users} == _kernel_first(c3)
+
+
+@pytest.mark.parametrize("ctx", CONTEXTS.values(), ids=CONTEXTS.keys())
+def test_a_compiled_blob_needs_no_masking_full_patched_and_from_a_parsed_table(ctx):
+    """The writer compares the kernel's table with the blob it wrote without masking its
+    own copy (counters and comefrom are zero as compiled); a full layout, a patched one and
+    one from a parsed table (counters and comefrom set, as the kernel hands them over)."""
+    t = build_table(ctx)
+    c = compile_table(t)
+    assert (np.frombuffer(c.blob, dtype="<u4") == masked(c.blob, c.offsets)).all()
+    reindex(t)
+    sep = next(n for n in t.user_chains() if n.startswith("KUBE-SEP-"))
+    t.chains[sep].set_rules(list(t.chains[sep].entries[:1]), list(t.chains[sep].labels[:1]))
+    t.touch(sep)
+    c2 = compile_table(t)  # patched
+    assert (np.frombuffer(c2.blob, dtype="<u4") == masked(c2.blob, c2.offsets)).all()
+    kernel = bytearray(c2.blob)  # counters and comefrom as the kernel fills them in
+    for o in c2.offsets.tolist():
+        struct.pack_into("<IQQ", kernel, o + 92, 0x1F, o + 1, 7 * o + 3)
+    back = parse_table("nat", t.valid_hooks, c2.hook_entry, c2.underflow, bytes(kernel))
+    c3 = compile_table(back)
+    assert (np.frombuffer(c3.blob, dtype="<u4") == masked(c3.blob, c3.offsets)).all()
+    assert bytes(c3.blob) == bytes(c2.blob)
