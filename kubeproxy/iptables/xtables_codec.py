@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain as concat
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from operator import is_not, itemgetter
 from typing import NamedTuple
 
@@ -485,7 +485,8 @@ def _compile_all(t: Table) -> Compiled:
     # segment per chain was most of a cold compile (30,000 chains at 10,000 services);
     # segments are made only for the chains a later patched layout drops in.
     ret = RETURN_ENTRY
-    flat: list[bytes] = []
+    flat = parts  # HEADROOM, the built-ins, then the user chains, the final ERROR entry
+    labs: list[list[str | None]] = []
     counts: list[int] = []
     kf = t.kfirst
     kept = np.fromiter(map(kf.get, names, repeat(0)), dtype=np.int64, count=len(names)) - 1
@@ -494,11 +495,11 @@ def _compile_all(t: Table) -> Compiled:
         flat.append(head)
         flat += e
         flat.append(ret)
-        labels.append(None)
-        labels += c.labels
-        labels.append(None)
+        labs.append(c.labels)
         counts.append(len(e))
-    seglen = np.asarray(counts, dtype=np.int64) + 2
+    flat.append(_FINAL_ERROR)
+    cnt = np.asarray(counts, dtype=np.int64)
+    seglen = cnt + 2
     segstart = np.cumsum(seglen) - seglen + nb  # index of each user chain's head
     first.update(zip(names, (segstart + 1).tolist(), strict=True))
     # Old indices: built-ins entry by entry; a kept user chain is a run from its head.
@@ -512,18 +513,19 @@ def _compile_all(t: Table) -> Compiled:
         ]
     )
 
-    n = nb + len(flat) + 1
-    lengths = np.fromiter(
-        concat(map(len, parts[1:]), map(len, flat), (len(_FINAL_ERROR),)),
-        dtype=np.int64,
-        count=n,
-    )
+    n = len(flat) - 1
+    lengths = np.fromiter(map(len, islice(flat, 1, None)), dtype=np.int64, count=n)
     ends = np.cumsum(lengths)
     offs = ends - lengths
-    blob = bytearray().join(concat(parts, flat, (_FINAL_ERROR,)))
-    # Jumps: every entry with a label (built-in and user chains alike).
+    blob = bytearray().join(flat)
+    # Jumps: every entry with a label, built-ins' (their own index) and user chains' rules
+    # (rule k of chain j is entry nb + 2j + 1 + k).
+    labels += concat.from_iterable(labs)
     jumping = list(map(is_not, labels, repeat(None)))
-    ji = np.flatnonzero(np.fromiter(jumping, dtype=bool, count=len(labels)))
+    jl = np.flatnonzero(np.fromiter(jumping, dtype=bool, count=len(labels)))
+    rule_chain = np.repeat(np.arange(len(cnt), dtype=np.int64), cnt)[jl[jl >= nb] - nb]
+    ji = jl.copy()
+    ji[jl >= nb] += 2 * rule_chain + 1
     if len(ji):
         first[FALLTHROUGH] = -1  # for the lookup only (no chain has that name)
         try:
