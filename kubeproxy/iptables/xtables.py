@@ -277,7 +277,7 @@ def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int, bool]:
     delete = set(edit.delete)
     if edit.stale is not None:
         delete |= edit.stale(t.chains)
-    delete -= set(edit.chains)
+    delete.difference_update(edit.chains)  # (no set of 30,000 names built for this)
     deleted = 0
     for name in delete:
         c = t.chains.get(name)
@@ -286,10 +286,11 @@ def apply_edit(t: Table, edit: TableEdit) -> tuple[int, int, bool]:
             deleted += 1
     changed = bool(deleted)
     new: list[Chain] = []  # 30,000 of them in a cold sync at 10,000 services: added at once
+    get = t.chains.get
     for name, (entries, labels) in edit.chains.items():
-        c = t.chains.get(name)
+        c = get(name)
         if c is None:
-            new.append(Chain(name, entries=entries, labels=labels))
+            new.append(Chain(name, None, entries, labels))  # (name, hook, entries, labels)
             continue
         if c.hook is not None:
             raise XtablesError(f"table {t.name}: {name} is a built-in chain")
