@@ -313,14 +313,10 @@ class NftWriter:
                 rs.services[s] for s in sorted(plan.only or (), key=_spn_key) if s in rs.services
             ]
             d.delete = set(plan.stale)
-        nat = d.chains["nat"]
-        empty: Content = ([], [])
+        nat, enc = d.chains["nat"], self.encoder.port_chains
         for r in picked:
-            g = self.encoder.chains(r.chain_rules)
-            if len(g) > len(r.chains) or not g.keys() <= set(r.chains):
-                raise EncodeError(f"rules of undeclared chains in {sorted(set(g) - set(r.chains))}")
+            nat.update(enc(r.chains, r.chain_rules, r.chain_rules_shape))
             for c in r.chains:
-                nat[c] = g.get(c, empty)
                 d.text[("nat", c)] = r.chain_rules
         for c in d.chains["filter"]:
             d.text[("filter", c)] = rs.filter_top[c]

@@ -522,17 +522,9 @@ class XtablesWriter:
         else:
             picked = [rs.services[s] for s in plan.only or () if s in rs.services]
             nat.delete = set(plan.stale)
-        empty: tuple[list[bytes], list[str | None]] = ([], [])
-        chains, enc = nat.chains, self.encoder.chains
+        chains, enc = nat.chains, self.encoder.port_chains
         for r in picked:
-            g = enc(r.chain_rules, r.chain_rules_shape)
-            if tuple(g) == r.chains:  # the usual case: every chain has rules, in this order
-                chains.update(g)
-                continue
-            if len(g) > len(r.chains) or not g.keys() <= set(r.chains):
-                raise EncodeError(f"rules of undeclared chains in {sorted(set(g) - set(r.chains))}")
-            for c in r.chains:
-                nat.chains[c] = g.get(c, empty)
+            chains.update(enc(r.chains, r.chain_rules, r.chain_rules_shape))
         out["nat"] = nat
         return out
 

@@ -1174,6 +1174,20 @@ class Encoder:
             self._gused[text] = hit
         return hit
 
+    def port_chains(
+        self, chains: tuple[str, ...], text: str, shape: tuple[str, tuple[str, ...]] | None = None
+    ) -> dict[str, tuple[list[bytes], list[str | None]]]:
+        """A service port's nat fragment as its declared ``chains``, in that order, each
+        with its entries and jump labels (a declared chain without rules gets none);
+        ``EncodeError`` if the text has rules of a chain the port did not declare."""
+        g = self.chains(text, shape)
+        if tuple(g) == chains:  # the usual case: every chain has rules, in this order
+            return g
+        if not g.keys() <= set(chains):
+            raise EncodeError(f"rules of undeclared chains in {sorted(set(g) - set(chains))}")
+        empty: tuple[list[bytes], list[str | None]] = ([], [])
+        return {c: g.get(c, empty) for c in chains}
+
     def _general_chains(self, text: str) -> dict[str, tuple[list[bytes], list[str | None]]]:
         """A fragment line by line (the regex fast path, else the general parser)."""
         hit: dict[str, tuple[list[bytes], list[str | None]]] = {}

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,15 +26,14 @@ pytestmark = [pytest.mark.netns]
 if os.geteuid() != 0:
     pytest.skip("needs root (network namespaces)", allow_module_level=True)
 
-from pyroute2 import netns  # noqa: E402
-
 from kubecommon.model import Endpoint, ServicePortInfo  # noqa: E402
-from kubeproxy.config import ProxyConfig  # noqa: E402
 from kubeproxy.iptables import nft_codec, nft_writer  # noqa: E402
-from kubeproxy.iptables.proxier import IptablesProxier  # noqa: E402
 from kubeproxy.iptables.render import service_chain  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+import oracle  # noqa: E402  (tests/netns, next to this file)
+from oracle import fresh_namespaces, inside, proxier, run  # noqa: E402
+from pyroute2 import netns  # noqa: E402
 from test_kubeproxy_xtables_codec import scenario, spn  # noqa: E402
 
 DIRECT, RESTORE = "nfw-direct", "nfw-restore"
@@ -73,21 +70,8 @@ COMMIT
 """
 
 
-def run(*argv: str, ns: str, stdin: str | None = None) -> str:
-    r = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True, text=True, timeout=60
-    )
-    assert r.returncode == 0, f"{argv} in {ns}: {r.stderr}"
-    return r.stdout
-
-
 def saved(ns: str, counters: bool = False) -> str:
-    """iptables-nft-save without the header/footer comments (and counters unless asked)."""
-    out = run("iptables-nft-save", *(["-c"] if counters else []), ns=ns)
-    lines = [ln for ln in out.splitlines() if not ln.startswith("#")]
-    if not counters:
-        lines = [re.sub(r" \[\d+:\d+\]$", " [0:0]", ln) for ln in lines]
-    return "\n".join(lines)
+    return oracle.saved("iptables-nft-save", ns, counters)
 
 
 def exprs(ns: str, table: str) -> str:
@@ -108,40 +92,9 @@ def foreign_lines(ns: str) -> set[str]:
     return {ln for ln in saved(ns).splitlines() if ln.startswith("-A") and "KUBE-" not in ln}
 
 
-@contextmanager
-def inside(ns: str) -> Iterator[None]:
-    """Run this thread (and the processes it starts) in namespace ``ns``."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    try:
-        netns.setns(ns)
-        yield
-    finally:
-        netns.setns(f"/proc/self/fd/{home}")
-        os.close(home)
-
-
 @pytest.fixture
-def pair() -> Iterator[tuple[str, str]]:
-    for ns in (DIRECT, RESTORE):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        yield DIRECT, RESTORE
-    finally:
-        for ns in (DIRECT, RESTORE):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def proxier(backend: str, **cfg) -> IptablesProxier:
-    c = ProxyConfig(
-        **{
-            "hostname_override": "node1",
-            "cluster_cidr": "10.0.0.0/24",
-            **cfg,
-            "iptables_backend": backend,
-        }
-    )
-    return IptablesProxier(c)
+def pair() -> Iterator[tuple[str, ...]]:
+    yield from fresh_namespaces(DIRECT, RESTORE)
 
 
 def assert_same() -> None:

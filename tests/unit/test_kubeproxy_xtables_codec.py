@@ -607,3 +607,14 @@ def test_a_compiled_blob_needs_no_masking_full_patched_and_from_a_parsed_table(c
     c3 = compile_table(back)
     assert (np.frombuffer(c3.blob, dtype="<u4") == masked(c3.blob, c3.offsets)).all()
     assert bytes(c3.blob) == bytes(c2.blob)
+
+
+def test_port_chains_follow_the_declared_chains_and_refuse_undeclared_ones():
+    enc = Encoder()
+    text = "-A KUBE-SEP-B -j ACCEPT\n-A KUBE-SVC-A -j KUBE-SEP-B\n"
+    got = enc.port_chains(("KUBE-SVC-A", "KUBE-SEP-B", "KUBE-SEP-C"), text)
+    assert list(got) == ["KUBE-SVC-A", "KUBE-SEP-B", "KUBE-SEP-C"]  # declared order
+    assert got["KUBE-SEP-C"] == ([], [])  # declared, no rules: an empty chain
+    assert got["KUBE-SVC-A"][1] == ["KUBE-SEP-B"] and got["KUBE-SEP-B"] == enc.chains(text)["KUBE-SEP-B"]
+    with pytest.raises(EncodeError, match="KUBE-SEP-B"):
+        enc.port_chains(("KUBE-SVC-A",), text)
