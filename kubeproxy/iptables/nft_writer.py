@@ -47,9 +47,6 @@ from .apply import RestoreWriter, SyncPlan, WriteResult
 from .render import (
     FILTER_CHAINS,
     JUMP_RULES,
-    KUBE_EXTERNAL_SERVICES,
-    KUBE_NODEPORTS,
-    KUBE_SERVICES,
     NAT_CHAINS,
     Ruleset,
     is_service_chain,
@@ -180,14 +177,6 @@ class Netlink:
 # -- the backend's writer ----------------------------------------------------------------
 
 
-# Top-level chains whose rules are the service ports' fragments joined (then a static tail).
-_PER_SERVICE = {
-    ("filter", KUBE_SERVICES): "filter_services",
-    ("filter", KUBE_EXTERNAL_SERVICES): "filter_external",
-    ("filter", KUBE_NODEPORTS): "filter_nodeports",
-    ("nat", KUBE_SERVICES): "nat_services",
-    ("nat", KUBE_NODEPORTS): "nat_nodeports",
-}
 TABLES = ("filter", "nat")
 
 
@@ -280,21 +269,7 @@ class NftWriter:
         return self._jumps
 
     def _top_chain(self, rs: Ruleset, table: str, chain: str) -> Content:
-        text = (rs.filter_top if table == "filter" else rs.nat_top)[chain]
-        attr = _PER_SERVICE.get((table, chain))
-        frags = [getattr(r, attr) for r in rs.services.values()] if attr else []
-        frags.append(text[sum(map(len, frags)) :])  # the static part after the fragments
-        entries: list[bytes] = []
-        labels: list[str | None] = []
-        enc = self.encoder
-        for f in frags:
-            if f:
-                g = enc.chains(f)
-                if len(g) != 1 or chain not in g:
-                    raise EncodeError(f"{table}/{chain}: a fragment has rules of other chains")
-                entries += g[chain][0]
-                labels += g[chain][1]
-        return entries, labels
+        return self.encoder.top_chain(table, chain, rs.top_pieces(table, chain))
 
     def desired(self, rs: Ruleset, plan: SyncPlan) -> Desired:
         """Encode what this sync writes (raises EncodeError for text we cannot encode)."""

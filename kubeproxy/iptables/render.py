@@ -611,6 +611,22 @@ class Ruleset:
     def nat_service_chains(self) -> set[str]:
         return {c for r in self.services.values() for c in r.chains}
 
+    def top_pieces(self, table: str, chain: str) -> list[tuple[str, Shape | None]]:
+        """A top-level chain's rules as the pieces they were joined from: each service
+        port's fragment of the chain (with its ``Shape`` where the renderer has one), in
+        order, then the static rest; the texts join to ``filter_top``/``nat_top``."""
+        text = (self.filter_top if table == "filter" else self.nat_top)[chain]
+        attr = _FRAGMENT_OF.get((table, chain))
+        if attr is None:
+            return [(text, None)]
+        rules = self.services.values()
+        frags = list(map(attrgetter(attr), rules))
+        shape = _FRAGMENT_SHAPES.get(attr)
+        shapes = list(map(attrgetter(shape), rules)) if shape else [None] * len(frags)
+        pieces = list(zip(frags, shapes, strict=True))
+        pieces.append((text[sum(map(len, frags)) :], None))
+        return pieces
+
     def restore_input(
         self,
         only: Collection[ServicePortName] | None = None,
@@ -877,6 +893,9 @@ _FRAGMENTS: dict[str, tuple[str, str]] = {
     "nat_services": ("nat", KUBE_SERVICES),
     "nat_nodeports": ("nat", KUBE_NODEPORTS),
 }
+_FRAGMENT_OF = {v: k for k, v in _FRAGMENTS.items()}
+# ... and the ServiceRules attribute holding its Shape, where the renderer makes one
+_FRAGMENT_SHAPES = {"nat_services": "nat_services_shape", "nat_nodeports": "nat_nodeports_shape"}
 
 
 def render(

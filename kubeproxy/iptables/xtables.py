@@ -37,9 +37,6 @@ from .apply import RestoreWriter, SyncPlan, WriteResult
 from .render import (
     FILTER_CHAINS,
     JUMP_RULES,
-    KUBE_EXTERNAL_SERVICES,
-    KUBE_NODEPORTS,
-    KUBE_SERVICES,
     NAT_CHAINS,
     Ruleset,
     is_service_chain,
@@ -446,16 +443,6 @@ class TableWriter:
 
 
 # Top-level chains whose rules are the service ports' fragments joined (then a static tail).
-_PER_SERVICE = {
-    ("filter", KUBE_SERVICES): "filter_services",
-    ("filter", KUBE_EXTERNAL_SERVICES): "filter_external",
-    ("filter", KUBE_NODEPORTS): "filter_nodeports",
-    ("nat", KUBE_SERVICES): "nat_services",
-    ("nat", KUBE_NODEPORTS): "nat_nodeports",
-}
-_SHAPED = {"nat_services", "nat_nodeports"}  # ... of which the renderer gives shapes too
-
-
 class XtablesWriter:
     """Ruleset -> per-table edits (encoded, memoised per fragment) -> one replace per table."""
 
@@ -478,28 +465,7 @@ class XtablesWriter:
     def _top_chain(
         self, rs: Ruleset, table: str, chain: str
     ) -> tuple[list[bytes], list[str | None]]:
-        text = (rs.filter_top if table == "filter" else rs.nat_top)[chain]
-        attr = _PER_SERVICE.get((table, chain))
-        frags = [getattr(r, attr) for r in rs.services.values()] if attr else []
-        shapes = (
-            [getattr(r, attr + "_shape") for r in rs.services.values()]
-            if attr in _SHAPED
-            else [None] * len(frags)
-        )
-        frags.append(text[sum(map(len, frags)) :])  # the static part after the fragments
-        shapes.append(None)
-        entries: list[bytes] = []
-        labels: list[str | None] = []
-        enc = self.encoder
-        for f, shape in zip(frags, shapes, strict=True):
-            if f:
-                g = enc.chains(f, shape)
-                if len(g) != 1 or chain not in g:
-                    raise EncodeError(f"{table}/{chain}: a fragment has rules of other chains")
-                e, lab = g[chain]
-                entries += e
-                labels += lab
-        return entries, labels
+        return self.encoder.top_chain(table, chain, rs.top_pieces(table, chain))
 
     def edits(self, rs: Ruleset, plan: SyncPlan) -> dict[str, TableEdit]:
         """Encode what this sync writes (raises EncodeError for text we cannot encode)."""

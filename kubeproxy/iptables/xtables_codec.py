@@ -1174,6 +1174,26 @@ class Encoder:
             self._gused[text] = hit
         return hit
 
+    def top_chain(
+        self,
+        table: str,
+        chain: str,
+        pieces: Iterable[tuple[str, tuple[str, tuple[str, ...]] | None]],
+    ) -> tuple[list[bytes], list[str | None]]:
+        """A top-level chain's entries and jump labels from the renderer's pieces of it
+        (``Ruleset.top_pieces``); ``EncodeError`` if a piece has rules of another chain."""
+        entries: list[bytes] = []
+        labels: list[str | None] = []
+        for text, shape in pieces:
+            if text:
+                g = self.chains(text, shape)
+                if len(g) != 1 or chain not in g:
+                    raise EncodeError(f"{table}/{chain}: a fragment has rules of other chains")
+                e, lab = g[chain]
+                entries += e
+                labels += lab
+        return entries, labels
+
     def port_chains(
         self, chains: tuple[str, ...], text: str, shape: tuple[str, tuple[str, ...]] | None = None
     ) -> dict[str, tuple[list[bytes], list[str | None]]]:

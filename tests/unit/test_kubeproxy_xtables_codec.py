@@ -17,7 +17,10 @@ import pytest
 
 from kubecommon.model import Endpoint, ServicePortInfo, ServicePortName
 from kubeproxy.iptables.render import (
+    FILTER_CHAINS,
     JUMP_RULES,
+    KUBE_SERVICES,
+    NAT_CHAINS,
     NodeContext,
     Renderer,
     endpoint_chain,
@@ -618,3 +621,21 @@ def test_port_chains_follow_the_declared_chains_and_refuse_undeclared_ones():
     assert got["KUBE-SVC-A"][1] == ["KUBE-SEP-B"] and got["KUBE-SEP-B"] == enc.chains(text)["KUBE-SEP-B"]
     with pytest.raises(EncodeError, match="KUBE-SEP-B"):
         enc.port_chains(("KUBE-SVC-A",), text)
+
+
+@pytest.mark.parametrize("ctx", CONTEXTS.values(), ids=CONTEXTS.keys())
+def test_top_pieces_join_to_the_top_level_texts_and_encode_like_them(ctx):
+    s, e = scenario()
+    rs = Renderer().render(s, e, ctx)
+    enc = Encoder()
+    for table, names in (("filter", FILTER_CHAINS), ("nat", NAT_CHAINS)):
+        top = rs.filter_top if table == "filter" else rs.nat_top
+        for c in names:
+            pieces = rs.top_pieces(table, c)
+            assert "".join(t for t, _ in pieces) == top[c], (table, c)
+            entries, labels = enc.top_chain(table, c, pieces)
+            whole = enc.chains(top[c]).get(c, ([], []))
+            assert (entries, labels) == (whole[0], whole[1]), (table, c)
+    assert any(shape for _, shape in rs.top_pieces("nat", KUBE_SERVICES))  # the renderer's hints
+    with pytest.raises(EncodeError, match="other chains"):
+        enc.top_chain("nat", KUBE_SERVICES, [("-A KUBE-NODEPORTS -j RETURN\n", None)])
