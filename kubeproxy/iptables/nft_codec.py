@@ -36,7 +36,16 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from .xtables_codec import ENTRY, ENTRY_SIZE, XT_HEADER, XT_HEADER_SIZE, EncodeError
+from .xtables_codec import (
+    ENTRY,
+    ENTRY_SIZE,
+    XT_HEADER,
+    XT_HEADER_SIZE,
+    XT_MARK_MTINFO1,
+    XT_TCP,
+    XT_UDP,
+    EncodeError,
+)
 
 # -- constants --------------------------------------------------------------------------
 
@@ -266,19 +275,14 @@ def _addr(offset: int, addr: bytes, mask: bytes, inv: bool) -> bytes:
     return payload(NFT_PAYLOAD_NETWORK_HEADER, offset, 4) + bitwise(mask) + cmp(op, addr)
 
 
-_TCP = struct.Struct("<HHHHBBBB")  # struct xt_tcp
-_UDP = struct.Struct("<HHHHB")  # struct xt_udp
-_MARK_INFO = struct.Struct("<IIB")  # struct xt_mark_mtinfo1
-
-
 def _ports(name: str, data: bytes) -> bytes | None:
     """tcp/udp ports natively (None: keep the xt match, as iptables-nft does without ports)."""
     if name == "tcp":
-        s0, s1, d0, d1, option, flg_mask, flg_cmp, inv = _TCP.unpack_from(data)
+        s0, s1, d0, d1, option, flg_mask, flg_cmp, inv = XT_TCP.unpack_from(data)
         if option or flg_mask or flg_cmp or inv & ~0x03:
             raise Unsupported("tcp match with flags/options")
     else:
-        s0, s1, d0, d1, inv = _UDP.unpack_from(data)
+        s0, s1, d0, d1, inv = XT_UDP.unpack_from(data)
         if inv & ~0x03:
             raise Unsupported("udp match with unknown inversion flags")
     sany = (s0, s1) == (0, 0xFFFF) and not inv & 0x01
@@ -296,7 +300,7 @@ def _ports(name: str, data: bytes) -> bytes | None:
 
 
 def _mark(data: bytes) -> bytes:
-    mark, mask, inv = _MARK_INFO.unpack_from(data)
+    mark, mask, inv = XT_MARK_MTINFO1.unpack_from(data)
     out = _MARK
     if mask != 0xFFFFFFFF:
         out += bitwise(mask.to_bytes(4, "little"))

@@ -58,6 +58,11 @@ OFF_COMEFROM = 92
 OFF_COUNTERS = 96
 # struct xt_entry_match / xt_entry_target header: u16 size, char name[29], u8 revision.
 XT_HEADER = struct.Struct("<H29sB")
+# Match data layouts the nf_tables codec reads back too (nft_codec.py).
+# struct xt_tcp: spts, dpts, option, flg_mask, flg_cmp, invflags
+XT_TCP = struct.Struct("<HHHHBBBB")
+XT_UDP = struct.Struct("<HHHHB")  # struct xt_udp: spts, dpts, invflags
+XT_MARK_MTINFO1 = struct.Struct("<IIB")  # struct xt_mark_mtinfo1: mark, mask, invert
 XT_HEADER_SIZE = 32
 STANDARD_TARGET_SIZE = 40  # header + int verdict, aligned
 ERROR_TARGET_SIZE = 64  # header + char errorname[32]
@@ -827,10 +832,10 @@ def _m_ports(proto: str):
         dinv = d.get("--dport", (False, ""))[0]
         if proto == "tcp":  # struct xt_tcp: spts, dpts, option, flg_mask, flg_cmp, invflags
             inv = (0x01 if sinv else 0) | (0x02 if dinv else 0)
-            return _xt("tcp", 0, struct.pack("<HHHHBBBB", *s, *dp, 0, 0, 0, inv))
+            return _xt("tcp", 0, XT_TCP.pack(*s, *dp, 0, 0, 0, inv))
         if proto == "udp":  # struct xt_udp: spts, dpts, invflags
             inv = (0x01 if sinv else 0) | (0x02 if dinv else 0)
-            return _xt("udp", 0, struct.pack("<HHHHB", *s, *dp, inv))
+            return _xt("udp", 0, XT_UDP.pack(*s, *dp, inv))
         # struct xt_sctp_info: dpts, spts, chunkmap[64], chunk_match_type, flag_info[4]
         # (chunktype -1 when unused, as libxt_sctp), flag_count, flags, invflags.
         # libxt_sctp leaves a port range it was not given at 0-0 (the flags say which apply).
@@ -966,9 +971,7 @@ def _m_mark(opts: Opts) -> bytes:
     d = _opts_dict("mark", opts, {"--mark"}, {"--mark"})
     neg, val = d["--mark"]
     mark, mask = _value_mask(val)
-    return _xt(
-        "mark", 1, struct.pack("<IIB", mark, mask, 1 if neg else 0)
-    )  # struct xt_mark_mtinfo1
+    return _xt("mark", 1, XT_MARK_MTINFO1.pack(mark, mask, 1 if neg else 0))
 
 
 _MATCHES = {
