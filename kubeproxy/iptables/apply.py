@@ -14,11 +14,12 @@ which falls back to this module's restore for a sync it cannot encode), ``legacy
 the same way) and ``nft-restore`` (iptables-nft-*, the same rules translated to nf_tables
 by iptables itself). ``RestoreWriter`` is the writer of ``legacy-restore`` and
 ``nft-restore`` (and the fallback of the direct writers): one restore per sync as
-described above.
+described above. ``DirectWriter`` is what the two direct writers share.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -29,6 +30,7 @@ from kubecommon.model import ServicePortName
 
 from ..tools import run
 from .render import JUMP_RULES, JumpRule, Ruleset, is_service_chain
+from .xtables_codec import EncodeError, Encoder, gc_paused
 
 log = logging.getLogger("kubeproxy")
 
@@ -176,3 +178,56 @@ class RestoreWriter:
         if plan.full:
             await self.applier.ensure_jumps(saved)
         return WriteResult("restore", len(stale), len(text), read_s=t1 - t0, kernel_s=time.perf_counter() - t1)
+
+
+class DirectWriter:
+    """What the two direct writers (``xtables.XtablesWriter``, ``nft_writer.NftWriter``)
+    share: one write at a time, the encode step with the encoder's per-fragment memo (a
+    full sync keeps only what it used, a partial sync keeps the rest too), and a sync the
+    encoder refuses handed to iptables-*-restore. A subclass gives ``build`` (the ruleset
+    -> what it writes, encoded; may raise EncodeError), ``write_built`` (the kernel side)
+    and ``forget`` (drop what it knows of the kernel)."""
+
+    kind = ""  # "x_tables" or "nf_tables", for the log
+
+    def __init__(self, fallback: RestoreWriter):
+        self.encoder = Encoder()
+        self.fallback = fallback
+        self._busy = asyncio.Lock()  # one write at a time, even if a caller overlaps syncs
+
+    def build(self, rs: Ruleset, plan: SyncPlan):
+        raise NotImplementedError
+
+    async def write_built(
+        self, rs: Ruleset, plan: SyncPlan, built, encode_s: float
+    ) -> WriteResult:
+        raise NotImplementedError
+
+    def forget(self) -> None:
+        raise NotImplementedError
+
+    async def write(self, rs: Ruleset, plan: SyncPlan) -> WriteResult:
+        async with self._busy:
+            t0 = time.perf_counter()
+            self.encoder.begin()
+            try:
+                with gc_paused():
+                    built = self.build(rs, plan)
+            except EncodeError as e:
+                self.encoder.begin()  # keep the previous memo intact
+                return await self.fall_back(rs, plan, e)
+            if plan.full:
+                self.encoder.end()
+            else:  # a partial sync touches few fragments: keep the rest of the memo
+                self.encoder.merge()
+            return await self.write_built(rs, plan, built, time.perf_counter() - t0)
+
+    async def fall_back(self, rs: Ruleset, plan: SyncPlan, e: Exception) -> WriteResult:
+        self.forget()
+        log.warning(
+            "direct %s writer cannot encode this sync (%s); using %s for it",
+            self.kind, e, self.fallback.applier.restore_cmd,
+        )  # fmt: skip
+        res = await self.fallback.write(rs, plan)
+        res.fallback = str(e)
+        return res

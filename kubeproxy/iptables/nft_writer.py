@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import nft_codec as nc
-from .apply import RestoreWriter, SyncPlan, WriteResult
+from .apply import DirectWriter, RestoreWriter, SyncPlan, WriteResult
 from .render import (
     FILTER_CHAINS,
     JUMP_RULES,
@@ -51,7 +51,7 @@ from .render import (
     Ruleset,
     is_service_chain,
 )
-from .xtables_codec import EncodeError, Encoder, gc_paused
+from .xtables_codec import gc_paused
 
 log = logging.getLogger("kubeproxy")
 
@@ -222,16 +222,16 @@ def _next_gen(g: int) -> int:
     return g or 1
 
 
-class NftWriter:
+class NftWriter(DirectWriter):
     """Ruleset -> encoded chains (memoised per fragment) -> one nf_tables batch per sync."""
 
+    kind = "nf_tables"
+
     def __init__(self, fallback: RestoreWriter):
-        self.encoder = Encoder()
+        super().__init__(fallback)
         self.translator = nc.Translator()
-        self.fallback = fallback
         self.kernel = _Kernel()
         self._jumps: list[tuple[str, str, bytes, str]] | None = None
-        self._busy = asyncio.Lock()
         self._nl: Netlink | None = None
         self._nl_ns: tuple[int, int] | None = None  # (st_dev, st_ino) of its network namespace
         self._kernel_ns: tuple[int, int] | None = None  # the namespace ``kernel`` describes
@@ -271,7 +271,7 @@ class NftWriter:
     def _top_chain(self, rs: Ruleset, table: str, chain: str) -> Content:
         return self.encoder.top_chain(table, chain, rs.top_pieces(table, chain))
 
-    def desired(self, rs: Ruleset, plan: SyncPlan) -> Desired:
+    def build(self, rs: Ruleset, plan: SyncPlan) -> Desired:
         """Encode what this sync writes (raises EncodeError for text we cannot encode)."""
         skip = set(plan.skip_top) if not plan.full else set()
         d = Desired()
@@ -302,24 +302,9 @@ class NftWriter:
 
     # -- the sync --
 
-    async def write(self, rs: Ruleset, plan: SyncPlan) -> WriteResult:
-        async with self._busy:
-            return await self._write(rs, plan)
-
-    async def _write(self, rs: Ruleset, plan: SyncPlan) -> WriteResult:
-        t0 = time.perf_counter()
-        self.encoder.begin()
-        try:
-            with gc_paused():
-                d = self.desired(rs, plan)
-        except EncodeError as e:
-            self.encoder.begin()  # keep the previous memo intact
-            return await self._fall_back(rs, plan, e)
-        if plan.full:
-            self.encoder.end()
-        else:
-            self.encoder.merge()
-        t1 = time.perf_counter()
+    async def write_built(
+        self, rs: Ruleset, plan: SyncPlan, d: Desired, encode_s: float
+    ) -> WriteResult:
         for attempt in (1, 2):
             # opened in this thread: its network namespace is ours, whichever thread uses it
             nl = self._netlink()
@@ -327,8 +312,7 @@ class NftWriter:
                 st = await asyncio.to_thread(self._sync_in_thread, nl, d, plan.full)
                 break
             except nc.Unsupported as e:
-                self.forget()
-                return await self._fall_back(rs, plan, e)
+                return await self.fall_back(rs, plan, e)
             except GenerationMoved:
                 self.forget()
                 if attempt == 2:
@@ -341,23 +325,13 @@ class NftWriter:
             "nft",
             st.stale,
             st.bytes,
-            encode_s=t1 - t0 + st.build_s,
+            encode_s=encode_s + st.build_s,
             read_s=st.read_s,
             kernel_s=st.kernel_s,
         )
         res.tables_read, res.tables_written = st.read, st.written
         if st.jumps:
             log.info("inserted %d jump rule(s) into built-in chains (nft, direct)", st.jumps)
-        return res
-
-    async def _fall_back(self, rs: Ruleset, plan: SyncPlan, e: Exception) -> WriteResult:
-        self.forget()
-        log.warning(
-            "direct nf_tables writer cannot encode this sync (%s); using iptables-nft-restore for it",
-            e,
-        )
-        res = await self.fallback.write(rs, plan)
-        res.fallback = str(e)
         return res
 
     def _sync_in_thread(self, nl: Netlink, d: Desired, full: bool) -> _Stats:

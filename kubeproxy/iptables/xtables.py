@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .apply import RestoreWriter, SyncPlan, WriteResult
+from .apply import DirectWriter, RestoreWriter, SyncPlan, WriteResult
 from .render import (
     FILTER_CHAINS,
     JUMP_RULES,
@@ -47,7 +47,6 @@ from .xtables_codec import (
     BlobError,
     Chain,
     Compiled,
-    EncodeError,
     Encoder,
     Table,
     compile_table,
@@ -442,16 +441,18 @@ class TableWriter:
 # -- the legacy backend's writer ------------------------------------------------------------
 
 
-# Top-level chains whose rules are the service ports' fragments joined (then a static tail).
-class XtablesWriter:
+class XtablesWriter(DirectWriter):
     """Ruleset -> per-table edits (encoded, memoised per fragment) -> one replace per table."""
 
+    kind = "x_tables"
+
     def __init__(self, fallback: RestoreWriter):
-        self.encoder = Encoder()
+        super().__init__(fallback)
         self.tables = TableWriter()
-        self.fallback = fallback
         self._jumps: dict[str, list[tuple[str, bytes, str]]] | None = None
-        self._busy = asyncio.Lock()  # one write at a time, even if a caller overlaps syncs
+
+    def forget(self) -> None:
+        self.tables.forget()
 
     def jumps(self) -> dict[str, list[tuple[str, bytes, str]]]:
         if self._jumps is None:
@@ -467,7 +468,7 @@ class XtablesWriter:
     ) -> tuple[list[bytes], list[str | None]]:
         return self.encoder.top_chain(table, chain, rs.top_pieces(table, chain))
 
-    def edits(self, rs: Ruleset, plan: SyncPlan) -> dict[str, TableEdit]:
+    def build(self, rs: Ruleset, plan: SyncPlan) -> dict[str, TableEdit]:
         """Encode what this sync writes (raises EncodeError for text we cannot encode)."""
         skip = set(plan.skip_top) if not plan.full else set()
         jumps = self.jumps()
@@ -494,31 +495,9 @@ class XtablesWriter:
         out["nat"] = nat
         return out
 
-    async def write(self, rs: Ruleset, plan: SyncPlan) -> WriteResult:
-        async with self._busy:
-            return await self._write(rs, plan)
-
-    async def _write(self, rs: Ruleset, plan: SyncPlan) -> WriteResult:
-        t0 = time.perf_counter()
-        self.encoder.begin()
-        try:
-            with gc_paused():
-                edits = self.edits(rs, plan)
-        except EncodeError as e:
-            self.encoder.begin()  # keep the previous memo intact
-            self.tables.forget()
-            log.warning(
-                "direct x_tables writer cannot encode this sync (%s); using iptables-legacy-restore for it",
-                e,
-            )
-            res = await self.fallback.write(rs, plan)
-            res.fallback = str(e)
-            return res
-        if plan.full:
-            self.encoder.end()
-        else:  # a partial sync touches few fragments: keep the rest of the memo
-            self.encoder.merge()
-        t1 = time.perf_counter()
+    async def write_built(
+        self, rs: Ruleset, plan: SyncPlan, edits: dict[str, TableEdit], encode_s: float
+    ) -> WriteResult:
         try:
             # The kernel calls (and building the 31 MB blob) block for 0.2-0.5 s at 10,000
             # services: a worker thread does them, the event loop keeps serving /healthz
@@ -529,7 +508,7 @@ class XtablesWriter:
         except (XtablesError, BlobError, OSError):
             self.tables.forget()
             raise
-        res = WriteResult("xtables", encode_s=t1 - t0)
+        res = WriteResult("xtables", encode_s=encode_s)
         for table, st in stats.items():
             res.tables_read[table] = st.read
             res.tables_written[table] = st.replaced
