@@ -2,8 +2,9 @@
 
 Each of those runs the same syncs through a direct writer in one scratch namespace and
 through iptables-*-restore in another, and compares what the kernel then holds. This
-module has what both need: running a command in a namespace, a saved table without its
-noise, switching this thread into a namespace, the namespace pair, a proxier per backend.
+module has what both need: the foreign rules both load first, running a command in a
+namespace, a saved table without its noise, switching this thread into a namespace, the
+namespace pair, a proxier per backend.
 """
 
 from __future__ import annotations
@@ -18,6 +19,39 @@ from pyroute2 import netns
 
 from kubeproxy.config import ProxyConfig
 from kubeproxy.iptables.proxier import IptablesProxier
+
+# Foreign state: a flannel-like chain, rules in built-in chains before and after where our
+# jumps go, a fall-through rule, a goto, matches and targets we never encode, and a stale
+# chain of ours (KUBE-SVC-) that a full sync must delete. Counters set with -c.
+FOREIGN = """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:FLANNEL-POSTRTG - [0:0]
+:KUBE-SVC-STALESTALESTALE0 - [0:0]
+:LAB-OUT - [0:0]
+[11:1100] -A PREROUTING -i eth9 -p tcp -m multiport --dports 8000,8001 -j REDIRECT --to-ports 9000
+[12:1200] -A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+[13:1300] -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+[14:1400] -A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN
+[15:1500] -A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+[16:1600] -A FLANNEL-POSTRTG -s 192.0.2.77
+[17:1700] -A OUTPUT -o lo -g LAB-OUT
+[18:1800] -A LAB-OUT -p udp -m udp --dport 53 -j RETURN
+[1:100] -A KUBE-SVC-STALESTALESTALE0 -j RETURN
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:LAB-FW - [0:0]
+[21:2100] -A INPUT -m limit --limit 5/sec -j LOG --log-prefix "lab: "
+[22:2200] -A FORWARD -j LAB-FW
+[23:2300] -A LAB-FW -i cni0 -j ACCEPT
+[24:2400] -A LAB-FW -m state --state RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+"""
 
 
 def run(*argv: str, ns: str, stdin: str | None = None) -> str:

@@ -32,42 +32,11 @@ from kubeproxy.iptables.render import service_chain  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 import oracle  # noqa: E402  (tests/netns, next to this file)
-from oracle import fresh_namespaces, inside, proxier, run  # noqa: E402
+from oracle import FOREIGN, fresh_namespaces, inside, proxier, run  # noqa: E402
 from pyroute2 import netns  # noqa: E402
 from test_kubeproxy_xtables_codec import scenario, spn  # noqa: E402
 
 DIRECT, RESTORE = "nfw-direct", "nfw-restore"
-
-# Foreign state: a flannel-like chain, rules in built-in chains before and after where our
-# jumps go, a goto, matches/targets we never encode, and a stale chain of ours.
-FOREIGN = """*nat
-:PREROUTING ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:FLANNEL-POSTRTG - [0:0]
-:KUBE-SVC-STALESTALESTALE0 - [0:0]
-:LAB-OUT - [0:0]
-[11:1100] -A PREROUTING -i eth9 -p tcp -m multiport --dports 8000,8001 -j REDIRECT --to-ports 9000
-[12:1200] -A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
-[13:1300] -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
-[14:1400] -A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN
-[15:1500] -A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
-[16:1600] -A FLANNEL-POSTRTG -s 192.0.2.77
-[17:1700] -A OUTPUT -o lo -g LAB-OUT
-[18:1800] -A LAB-OUT -p udp -m udp --dport 53 -j RETURN
-[1:100] -A KUBE-SVC-STALESTALESTALE0 -j RETURN
-COMMIT
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:LAB-FW - [0:0]
-[21:2100] -A INPUT -m limit --limit 5/sec -j LOG --log-prefix "lab: "
-[22:2200] -A FORWARD -j LAB-FW
-[23:2300] -A LAB-FW -i cni0 -j ACCEPT
-[24:2400] -A LAB-FW -m state --state RELATED,ESTABLISHED -j ACCEPT
-COMMIT
-"""
 
 
 def saved(ns: str, counters: bool = False) -> str:
