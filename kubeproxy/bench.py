@@ -254,6 +254,7 @@ async def rules_for_backend(client, backend: str, n: int, reps: int, changes: in
         for _ in range(reps - 1):
             sh(PY, "-m", "kubeproxy", "--cleanup", check=False)  # empty node again
             proxier.renderer = Renderer()
+            await proxier.stop()  # the nft writer's netlink socket goes with its writer
             proxier.writer = _writer(backend, proxier.applier)
             await resync()
             cold.append(split(proxier.last))
